@@ -1,0 +1,1 @@
+"""The DVC stages of the MNIST pipeline: fetch, split, augment, train, evaluate."""

@@ -1,0 +1,105 @@
+"""Add 1-pixel shifts and horizontal flips of the training images, vectorised, as uint8."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from stages import io, params
+
+# (dy, dx) in scipy.ndimage.shift's convention: right, left, down, up.
+SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def shift_images(
+    images: np.ndarray, *, dy: int, dx: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Shift a stack of N x H x W images by whole pixels, filling with zeros.
+
+    Equal, image for image, to scipy.ndimage.shift(image, (dy, dx), order=0, mode="constant").
+    """
+    if out is None:
+        out = np.empty_like(images)
+    height, width = images.shape[1:]
+    if abs(dy) >= height or abs(dx) >= width:
+        out[...] = 0
+        return out
+    rows_out = slice(max(dy, 0), height + min(dy, 0))
+    rows_in = slice(max(-dy, 0), height + min(-dy, 0))
+    cols_out = slice(max(dx, 0), width + min(dx, 0))
+    cols_in = slice(max(-dx, 0), width + min(-dx, 0))
+    out[...] = 0
+    out[:, rows_out, cols_out] = images[:, rows_in, cols_in]
+    return out
+
+
+def flip_left_right(images: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Mirror a stack of images left to right, as cv2.flip(image, 1) does."""
+    if out is None:
+        out = np.empty_like(images)
+    out[...] = images[:, :, ::-1]
+    return out
+
+
+def augmented_size(num_images: int, *, shifts: bool, flip_horizontal: bool) -> int:
+    return num_images * (1 + len(SHIFTS) * shifts + flip_horizontal)
+
+
+def augment(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    shifts: bool,
+    flip_horizontal: bool,
+    out_images: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The originals, then each shift, then the flips, stacked; labels repeat to match.
+
+    `out_images` may be a memory-mapped array, so the full set never has to sit in RAM.
+    """
+    n = len(images)
+    total = augmented_size(n, shifts=shifts, flip_horizontal=flip_horizontal)
+    if out_images is None:
+        out_images = np.empty((total, *images.shape[1:]), dtype=images.dtype)
+    if out_images.shape != (total, *images.shape[1:]):
+        raise ValueError(
+            f"out_images must have shape {(total, *images.shape[1:])}; got {out_images.shape}"
+        )
+    out_images[:n] = images
+    start = n
+    if shifts:
+        for dy, dx in SHIFTS:
+            shift_images(images, dy=dy, dx=dx, out=out_images[start : start + n])
+            start += n
+    if flip_horizontal:
+        flip_left_right(images, out=out_images[start : start + n])
+    return out_images, np.tile(labels, total // n if n else 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split-dir", type=Path, required=True)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args()
+    config = params.load(args.params)["augment"]
+    images = np.load(args.split_dir / "train_images.npy", mmap_mode="r")
+    labels = np.load(args.split_dir / "train_labels.npy")
+    total = augmented_size(len(images), **config)
+    target = args.out_dir / "train_images.npy"
+    # Write straight into a memory-mapped .npy under a temporary name, then rename it.
+    with io.atomic_path(target, suffix=".npy") as temporary:
+        out = np.lib.format.open_memmap(
+            temporary, mode="w+", dtype=np.uint8, shape=(total, *images.shape[1:])
+        )
+        _, out_labels = augment(images, labels, out_images=out, **config)
+        out.flush()
+        del out
+    io.save_npy(args.out_dir / "train_labels.npy", out_labels)
+    print(f"augment: {len(images):,} training images -> {total:,} ({config})")
+
+
+if __name__ == "__main__":
+    io.run(main)

@@ -1,0 +1,97 @@
+"""Score each trained model on the held-out test set: metrics JSON, confusion data, pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import accuracy_score, confusion_matrix, log_loss  # noqa: E402
+
+from stages import io, params  # noqa: E402
+
+NUM_CLASSES = 10
+TILE = 56  # Pixels per digit in the misclassified picture: 2x upscaled plus a caption.
+
+
+def score(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of `logits` against `labels`."""
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits.astype("float64")))
+    return {
+        "accuracy": float(accuracy_score(labels, logits.argmax(axis=1))),
+        "loss": float(log_loss(labels, probabilities, labels=range(NUM_CLASSES))),
+        "misclassified": int((logits.argmax(axis=1) != labels).sum()),
+    }
+
+
+def predictions_table(labels: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """One row per test image, the input DVC's confusion template expects."""
+    return pd.DataFrame({"actual": labels.astype(int), "predicted": predicted.astype(int)})
+
+
+def misclassified_picture(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    *,
+    max_digits: int,
+    columns: int = 10,
+) -> np.ndarray:
+    """A grid of the first `max_digits` misclassified digits, each captioned 'true>predicted'."""
+    wrong = np.flatnonzero(labels != predicted)[:max_digits]
+    rows = max(1, -(-len(wrong) // columns))
+    canvas = np.full((rows * TILE, columns * TILE), 255, dtype=np.uint8)
+    for slot, index in enumerate(wrong):
+        top, left = (slot // columns) * TILE, (slot % columns) * TILE
+        digit = cv2.resize(255 - images[index], (40, 40), interpolation=cv2.INTER_NEAREST)
+        canvas[top + 2 : top + 42, left + 8 : left + 48] = digit
+        caption = f"{labels[index]}>{predicted[index]}"
+        cv2.putText(canvas, caption, (left + 12, top + 53), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1)
+    return canvas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--split-dir", type=Path, required=True)
+    parser.add_argument("--models", type=Path, nargs="+", required=True)
+    parser.add_argument("--metrics-out", type=Path, required=True)
+    parser.add_argument("--plots-dir", type=Path, required=True)
+    args = parser.parse_args()
+    config = params.load(args.params)["evaluate"]
+    images = np.load(args.split_dir / "test_images.npy")
+    labels = np.load(args.split_dir / "test_labels.npy")
+
+    metrics = {}
+    for path in args.models:
+        name = path.stem
+        model = keras.models.load_model(path)
+        logits = model.predict(images, batch_size=config["batch_size"], verbose=0)
+        predicted = logits.argmax(axis=1)
+        metrics[name] = score(logits, labels)
+        scores = metrics[name]
+        print(f"evaluate {name}: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}")
+        print(confusion_matrix(labels, predicted, labels=range(NUM_CLASSES)))
+        io.write_text(
+            args.plots_dir / f"{name}_predictions.csv",
+            predictions_table(labels, predicted).to_csv(index=False),
+        )
+        picture = misclassified_picture(
+            images, labels, predicted, max_digits=config["max_misclassified"]
+        )
+        ok, png = cv2.imencode(".png", picture)
+        if not ok:
+            raise io.StageError(f"could not encode {name}_misclassified.png")
+        io.write_bytes(args.plots_dir / f"{name}_misclassified.png", png.tobytes())
+    io.write_text(args.metrics_out, json.dumps(metrics, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    io.run(main)
