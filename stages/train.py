@@ -146,6 +146,8 @@ def run(
             steps_per_execution=steps_per_execution,
             jit_compile=jit_compile if jit_compile == "auto" else bool(jit_compile),
         )
+    if verbose:
+        model.summary()
     train_data = make_dataset(
         train_images, train_labels, batch_size=batch_size, shuffle=True, seed=seed
     )

@@ -98,24 +98,35 @@ def tiny_params(*, sha256: dict[str, str], **sections) -> dict:
     return params
 
 
+def make_project(destination: Path, params: dict) -> Path:
+    """Copy the project's pipeline into `destination` as a fresh git + DVC repository."""
+    destination.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, destination / name)
+    shutil.copytree(
+        ROOT / "stages", destination / "stages", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(destination, "init", "-q")
+    git(destination, "config", "user.name", "test")
+    git(destination, "config", "user.email", "test@example.com")
+    dvc(destination, "init", "-q")
+    dvc(destination, "config", "core.autostage", "true")
+    git(destination, "add", "-A")
+    git(destination, "commit", "-q", "-m", "project under test")
+    return destination
+
+
 @pytest.fixture
 def project(tmp_path: Path, tiny_mirror, monkeypatch) -> Path:
     """A copy of the project in its own git repository, its params pointed at tiny data."""
     mirror, sha256 = tiny_mirror
-    copy = tmp_path / "project"
-    copy.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, copy / name)
-    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "params.yaml").write_text(yaml.safe_dump(tiny_params(sha256=sha256), sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
-    dvc(copy, "init", "-q")
-    dvc(copy, "config", "core.autostage", "true")
-    subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "tiny project"], cwd=copy, check=True)
     monkeypatch.setenv("MNIST_MIRROR", str(mirror))
-    return copy
+    return make_project(tmp_path / "project", tiny_params(sha256=sha256))
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True)
 
 
 def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,0 +1,134 @@
+"""Fetch against a real loopback HTTP server: good and broken mirrors, timeouts, refusals."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+import yaml
+
+from stages.fetch import FetchError, fetch_all, fetch_file, mirror_candidates
+from tests.conftest import ROOT, synthetic_mnist, tiny_params
+
+NAME = "train-labels-idx1-ubyte"
+
+
+@pytest.fixture
+def served(http_server, tiny_files):
+    """The server's base URL, a good gz body and the expected sha256 of one file."""
+    import hashlib
+
+    content = tiny_files[NAME]
+    body = gzip.compress(content)
+    base = f"http://127.0.0.1:{http_server.server_port}"
+    return base, body, hashlib.sha256(content).hexdigest()
+
+
+def test_falls_through_broken_mirrors_to_the_good_one(http_server, served, tiny_files):
+    base, body, sha = served
+    other = gzip.compress(synthetic_mnist(train=300, test=100, seed=9)[NAME])
+    http_server.routes = {
+        f"/forbidden/{NAME}.gz": (403, b"no", None),
+        f"/truncated/{NAME}.gz": (200, body[: len(body) // 2], len(body)),
+        f"/garbage/{NAME}.gz": (200, b"this is not gzip at all", None),
+        f"/fashion/{NAME}.gz": (200, other, None),
+        f"/good/{NAME}.gz": (200, body, None),
+    }
+    mirrors = [f"{base}/{m}/" for m in ("forbidden", "missing", "truncated", "garbage", "fashion")]
+    content = fetch_file(
+        name=NAME, expected_sha256=sha, mirrors=[*mirrors, f"{base}/good"], timeout_seconds=5
+    )
+    assert content == tiny_files[NAME]
+
+
+def test_every_mirror_failing_names_file_and_reasons(http_server, served):
+    base, body, sha = served
+    flipped = bytearray(body)
+    flipped[len(flipped) // 2] ^= 0xFF
+    http_server.routes = {
+        f"/forbidden/{NAME}.gz": (403, b"no", None),
+        f"/flipped/{NAME}.gz": (200, bytes(flipped), None),
+        f"/truncated/{NAME}.gz": (200, body[:-8], len(body)),
+    }
+    mirrors = [f"{base}/{m}" for m in ("forbidden", "missing", "flipped", "truncated")]
+    with pytest.raises(FetchError) as error:
+        fetch_file(name=NAME, expected_sha256=sha, mirrors=mirrors, timeout_seconds=5)
+    message = str(error.value)
+    assert message.startswith(f"could not fetch {NAME}.gz from any mirror")
+    assert "forbidden" in message and "HTTP 403" in message
+    assert "HTTP 404" in message
+    assert "truncated body" in message
+    assert len(message.splitlines()) == 1 + len(mirrors)
+
+
+def test_wrong_content_is_refused(http_server, served):
+    base, _, sha = served
+    other = gzip.compress(synthetic_mnist(train=300, test=100, seed=9)[NAME])
+    http_server.routes = {f"/fashion/{NAME}.gz": (200, other, None)}
+    with pytest.raises(FetchError, match="checksum mismatch"):
+        fetch_file(name=NAME, expected_sha256=sha, mirrors=[f"{base}/fashion"], timeout_seconds=5)
+
+
+def test_hanging_mirror_times_out_then_next_is_tried(http_server, served, tiny_files):
+    base, body, sha = served
+    http_server.routes = {f"/good/{NAME}.gz": (200, body, None)}
+    # A server that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    hanging = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        content = fetch_file(
+            name=NAME, expected_sha256=sha, mirrors=[hanging, f"{base}/good"], timeout_seconds=0.5
+        )
+        assert content == tiny_files[NAME]
+        with pytest.raises(FetchError, match="timed out"):
+            fetch_file(name=NAME, expected_sha256=sha, mirrors=[hanging], timeout_seconds=0.5)
+    finally:
+        silent.close()
+
+
+def test_override_comes_first_and_folders_become_urls(tmp_path):
+    mirrors = mirror_candidates(mirrors=["https://a/"], override=str(tmp_path))
+    assert mirrors == [tmp_path.resolve().as_uri(), "https://a/"]
+    assert mirror_candidates(mirrors=["https://a/"], override=None) == ["https://a/"]
+    assert mirror_candidates(mirrors=[], override="http://m/")[0] == "http://m/"
+
+
+def test_fetch_all_writes_verified_files_and_skips_present_ones(tmp_path, tiny_mirror, tiny_files):
+    mirror, sha256 = tiny_mirror
+    out = tmp_path / "raw"
+    fetch_all(out_dir=out, sha256=sha256, mirrors=[mirror.as_uri()], timeout_seconds=5)
+    for name, content in tiny_files.items():
+        assert (out / name).read_bytes() == content
+    # With the mirror gone, present and valid files are not downloaded again.
+    for gz in mirror.iterdir():
+        gz.unlink()
+    fetch_all(out_dir=out, sha256=sha256, mirrors=[mirror.as_uri()], timeout_seconds=5)
+    assert sorted(p.name for p in out.iterdir()) == sorted(tiny_files)
+
+
+def test_stage_exits_non_zero_with_one_clear_error(tmp_path, tiny_mirror):
+    mirror, sha256 = tiny_mirror
+    sha256[NAME] = "0" * 64
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(sha256=sha256)))
+    out = tmp_path / "raw"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.fetch", "--params", str(params), "--out-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"MNIST_MIRROR": str(mirror), "PATH": ""},
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: could not fetch {NAME}.gz from any mirror")
+    assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+    assert not (out / NAME).exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
