@@ -26,6 +26,9 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed by SIGKILL cannot clean up: remove what an earlier one left.
+    for stale in path.parent.glob(f".{path.name}.*"):
+        stale.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     temporary = Path(temporary)
