@@ -129,23 +129,22 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     }
 
 
-def bench_training(data, *, epochs: int, config: dict[str, Any]) -> dict[str, Any]:
+TRAINING_VARIANTS = {
+    "reference": None,
+    "project": {},
+    "project_nondeterministic": {"deterministic": False},
+}
+
+
+def train_variant(name: str, data, *, epochs: int, config: dict[str, Any]) -> dict[str, float]:
+    """Images per second and final validation accuracy of one variant, in this process."""
     x, y, vx, vy = data
     timer = EpochTimer()
-    reference_accuracy = reference_train(
-        x, y, vx, vy, epochs=epochs, batch_size=config["batch_size"], callbacks=[timer]
-    )
-    reference_ips = images_per_second(timer, len(x))
-    results = {
-        "images": len(x),
-        "epochs": epochs,
-        "batch_size": config["batch_size"],
-        "reference_images_per_second": reference_ips,
-        "reference_validation_accuracy": reference_accuracy,
-    }
-    variants = {"project": {}, "project_nondeterministic": {"deterministic": False}}
-    for name, overrides in variants.items():
-        timer = EpochTimer()
+    if TRAINING_VARIANTS[name] is None:
+        accuracy = reference_train(
+            x, y, vx, vy, epochs=epochs, batch_size=config["batch_size"], callbacks=[timer]
+        )
+    else:
         _, history = train.run(
             train_images=x,
             train_labels=y,
@@ -154,13 +153,35 @@ def bench_training(data, *, epochs: int, config: dict[str, Any]) -> dict[str, An
             regularized=False,
             callbacks=[timer],
             verbose=0,
-            **{**config, "epochs": epochs, **overrides},
+            **{**config, "epochs": epochs, **TRAINING_VARIANTS[name]},
         )
-        results[f"{name}_images_per_second"] = images_per_second(timer, len(x))
-        results[f"{name}_validation_accuracy"] = history.history["val_accuracy"][-1]
-        results[f"{name}_speedup"] = results[f"{name}_images_per_second"] / reference_ips
-        # Op determinism is process-wide; later variants must not inherit it.
-        tf.config.experimental.disable_op_determinism()
+        accuracy = history.history["val_accuracy"][-1]
+    return {"images_per_second": images_per_second(timer, len(x)), "validation_accuracy": accuracy}
+
+
+def bench_training(*, quick: bool, epochs: int, batch_size: int) -> dict[str, Any]:
+    """Each variant in a fresh process, since TensorFlow's op determinism is process-wide."""
+    results: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size}
+    for name in TRAINING_VARIANTS:
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--train-variant",
+            name,
+            "--epochs",
+            str(epochs),
+        ] + (["--quick"] if quick else [])
+        output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+        figures = json.loads(output.stdout.strip().splitlines()[-1])
+        results["images"] = figures.pop("images")
+        for key, value in figures.items():
+            results[f"{name}_{key}"] = value
+    for name in TRAINING_VARIANTS:
+        if name != "reference":
+            results[f"{name}_speedup"] = (
+                results[f"{name}_images_per_second"] / results["reference_images_per_second"]
+            )
     return results
 
 
@@ -251,28 +272,27 @@ def main() -> None:
         "--epochs", type=int, default=3, help="training epochs, the first is warm-up"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
+    parser.add_argument("--train-variant", choices=TRAINING_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["augment", "train", "memory", "noop"]
     )
     args = parser.parse_args()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
     config = params.load(ROOT / "params.yaml")["train"]
     if args.quick:
         config["batch_size"] = 32
-    data = load_data(args.quick)
+    if args.train_variant:
+        data = load_data(args.quick)
+        figures = train_variant(args.train_variant, data, epochs=args.epochs, config=config)
+        print(json.dumps({"images": len(data[0]), **figures}))
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
     if "augment" not in args.skip:
-        images = data[0][:64] if args.quick else augment_source()
+        images = load_data(True)[0][:64] if args.quick else augment_source()
         results["augment"] = bench_augment(images)
         print_row("augment", results["augment"], "speedup")
-    if "train" not in args.skip:
-        results["training"] = bench_training(data, epochs=args.epochs, config=config)
-        print_row(
-            f"training (baseline, batch {config['batch_size']})",
-            results["training"],
-            "project_speedup",
-        )
+    # Memory before training: ru_maxrss of children is the largest child so far.
     if (
         "memory" not in args.skip
         and not args.quick
@@ -280,6 +300,15 @@ def main() -> None:
     ):
         results["memory"] = bench_memory(epochs=1)
         print_row("memory", results["memory"], "peak_rss_mib")
+    if "train" not in args.skip:
+        results["training"] = bench_training(
+            quick=args.quick, epochs=args.epochs, batch_size=config["batch_size"]
+        )
+        print_row(
+            f"training (baseline, batch {config['batch_size']})",
+            results["training"],
+            "project_speedup",
+        )
     if "noop" not in args.skip and not args.quick:
         results["noop_repro"] = bench_noop_repro()
         print_row("no-op dvc repro", results["noop_repro"], "seconds")
