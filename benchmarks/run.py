@@ -133,6 +133,8 @@ TRAINING_VARIANTS = {
     "reference": None,
     "project": {},
     "project_nondeterministic": {"deterministic": False},
+    "project_steps_per_execution_32": {"steps_per_execution": 32},
+    "project_xla_nondeterministic": {"deterministic": False, "jit_compile": True},
 }
 
 
