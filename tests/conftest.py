@@ -26,15 +26,21 @@ def idx_bytes(array: np.ndarray, *, magic: int) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def synthetic_mnist(*, train: int, test: int, seed: int = 0) -> dict[str, bytes]:
-    """Decompressed IDX contents of a tiny learnable MNIST look-alike: a bright bar per class."""
+def synthetic_digits(count: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable MNIST look-alikes: noise plus a bright bar whose height encodes the class."""
     rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 4 + 2 * label : 6 + 2 * label, 6:22] = 255
+    return images, labels
+
+
+def synthetic_mnist(*, train: int, test: int, seed: int = 0) -> dict[str, bytes]:
+    """Decompressed IDX contents of a tiny synthetic MNIST."""
     files = {}
-    for prefix, count in (("train", train), ("t10k", test)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):
-            images[i, 4 + 2 * label : 6 + 2 * label, 6:22] = 255
+    for offset, (prefix, count) in enumerate((("train", train), ("t10k", test))):
+        images, labels = synthetic_digits(count, seed=seed + offset)
         files[f"{prefix}-images-idx3-ubyte"] = idx_bytes(images, magic=2051)
         files[f"{prefix}-labels-idx1-ubyte"] = idx_bytes(labels, magic=2049)
     return files

@@ -7,6 +7,7 @@ import pytest
 
 from stages.params import ParamsError
 from stages.train import build_model, make_dataset, run
+from tests.conftest import synthetic_digits
 
 
 def trainable_count(model) -> int:
@@ -59,51 +60,37 @@ def test_dataset_batches_stay_uint8_and_cover_every_image():
     np.testing.assert_array_equal(seen, np.concatenate([y.numpy() for _, y in batches]))
 
 
-def synthetic(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, count).astype(np.uint8)
-    images = rng.integers(0, 30, (count, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 4 + 2 * label : 6 + 2 * label, 6:22] = 255
-    return images, labels
-
-
-@pytest.mark.parametrize("regularized", [False, True])
-def test_run_trains_end_to_end_and_is_deterministic(regularized):
-    x, y = synthetic(200, seed=0)
-    vx, vy = synthetic(50, seed=1)
-    common = dict(
+def fit_arguments(count: int, **overrides) -> dict:
+    """Arguments of run() on `count` synthetic training images and 50 validation images."""
+    x, y = synthetic_digits(count, seed=0)
+    vx, vy = synthetic_digits(50, seed=1)
+    arguments = dict(
         train_images=x,
         train_labels=y,
         validation_images=vx,
         validation_labels=vy,
-        regularized=regularized,
+        regularized=False,
         epochs=3,
         batch_size=20,
         learning_rate=0.003,
         seed=5,
         verbose=0,
     )
-    model, history = run(**common)
+    return {**arguments, **overrides}
+
+
+@pytest.mark.parametrize("regularized", [False, True])
+def test_run_trains_end_to_end_and_is_deterministic(regularized):
+    arguments = fit_arguments(200, regularized=regularized)
+    model, history = run(**arguments)
     assert set(history.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(history.history["loss"]) == 3
     assert history.history["loss"][-1] < history.history["loss"][0]
-    assert model.predict(vx, verbose=0).shape == (50, 10)
-    _, again = run(**common)
+    assert model.predict(arguments["validation_images"], verbose=0).shape == (50, 10)
+    _, again = run(**arguments)
     assert again.history == history.history
 
 
 def test_run_refuses_batch_larger_than_training_set():
-    x, y = synthetic(10, seed=0)
     with pytest.raises(ParamsError, match="'train.batch_size' parameter must be at most the 10"):
-        run(
-            train_images=x,
-            train_labels=y,
-            validation_images=None,
-            validation_labels=None,
-            regularized=False,
-            epochs=1,
-            batch_size=11,
-            learning_rate=0.001,
-            seed=0,
-        )
+        run(**fit_arguments(10, batch_size=11))
