@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--deterministic", action="store_true")
     args = parser.parse_args()
+    keras.utils.set_random_seed(0)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
     n = args.batch_size
