@@ -114,11 +114,15 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     start = time.perf_counter()
     expected = reference_augment(images)
     reference_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    result, _ = augment.augment(
-        images, np.zeros(len(images), np.uint8), shifts=True, flip_horizontal=True
-    )
-    project_seconds = time.perf_counter() - start
+    # The project's run is short, so it is timed five times and the median is kept.
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        result, _ = augment.augment(
+            images, np.zeros(len(images), np.uint8), shifts=True, flip_horizontal=True
+        )
+        timings.append(time.perf_counter() - start)
+    project_seconds = float(np.median(timings))
     if not np.array_equal(result, expected):
         raise AssertionError("augment differs from the reference")
     return {

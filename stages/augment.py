@@ -5,12 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from stages import io, params
 
 # (dy, dx) in scipy.ndimage.shift's convention: right, left, down, up.
 SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def _rows(array: np.ndarray) -> np.ndarray:
+    """A 2-D view of an image stack, one pixel row per line; never a copy."""
+    if not array.flags.c_contiguous:
+        raise ValueError("image arrays must be C-contiguous")
+    return np.asarray(array).reshape(-1, array.shape[-1])
 
 
 def shift_images(
@@ -22,24 +30,35 @@ def shift_images(
     """
     if out is None:
         out = np.empty_like(images)
-    height, width = images.shape[1:]
+    count, height, width = images.shape
     if abs(dy) >= height or abs(dx) >= width:
         out[...] = 0
         return out
-    rows_out = slice(max(dy, 0), height + min(dy, 0))
-    rows_in = slice(max(-dy, 0), height + min(-dy, 0))
-    cols_out = slice(max(dx, 0), width + min(dx, 0))
-    cols_in = slice(max(-dx, 0), width + min(-dx, 0))
-    out[...] = 0
-    out[:, rows_out, cols_out] = images[:, rows_in, cols_in]
+    # Moving each flattened image by dy * width + dx puts every pixel in place with one
+    # contiguous copy per image. Pixels that wrap into the next row land in the border
+    # columns, which are zeroed below with the border rows.
+    offset = dy * width + dx
+    flat_in = np.asarray(images).reshape(count, -1)
+    flat_out = _rows(out).reshape(count, -1)
+    if offset >= 0:
+        flat_out[:, offset:] = flat_in[:, : flat_in.shape[1] - offset]
+    else:
+        flat_out[:, :offset] = flat_in[:, -offset:]
+    out[:, : max(dy, 0)] = 0
+    out[:, height + min(dy, 0) :] = 0
+    out[:, :, : max(dx, 0)] = 0
+    out[:, :, width + min(dx, 0) :] = 0
     return out
 
 
 def flip_left_right(images: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-    """Mirror a stack of images left to right, as cv2.flip(image, 1) does."""
+    """Mirror a stack of images left to right with cv2.flip(image, 1), all rows in one call."""
     if out is None:
         out = np.empty_like(images)
-    out[...] = images[:, :, ::-1]
+    rows = _rows(out)
+    flipped = cv2.flip(np.ascontiguousarray(images).reshape(-1, images.shape[-1]), 1, dst=rows)
+    if not np.shares_memory(flipped, rows):
+        rows[...] = flipped
     return out
 
 
