@@ -12,6 +12,7 @@ from stages import io, params
 
 # (dy, dx) in scipy.ndimage.shift's convention: right, left, down, up.
 SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+BLOCK_IMAGES = 1024
 
 
 def _rows(array: np.ndarray) -> np.ndarray:
@@ -86,15 +87,20 @@ def augment(
         raise ValueError(
             f"out_images must have shape {(total, *images.shape[1:])}; got {out_images.shape}"
         )
-    out_images[:n] = images
-    start = n
-    if shifts:
-        for dy, dx in SHIFTS:
-            shift_images(images, dy=dy, dx=dx, out=out_images[start : start + n])
-            start += n
-    if flip_horizontal:
-        flip_left_right(images, out=out_images[start : start + n])
-    return out_images, np.tile(labels, total // n if n else 0)
+    copies = total // n if n else 0
+    # Blocks of images small enough to stay in the CPU cache: each input block is read from
+    # memory once and written out six ways, instead of the whole input being read six times.
+    for first in range(0, n, BLOCK_IMAGES):
+        last = min(first + BLOCK_IMAGES, n)
+        block = images[first:last]
+        outputs = [out_images[copy * n + first : copy * n + last] for copy in range(copies)]
+        outputs[0][...] = block
+        if shifts:
+            for (dy, dx), out in zip(SHIFTS, outputs[1:], strict=False):
+                shift_images(block, dy=dy, dx=dx, out=out)
+        if flip_horizontal:
+            flip_left_right(block, out=outputs[-1])
+    return out_images, np.tile(labels, copies)
 
 
 def main() -> None:
