@@ -122,7 +122,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "deterministic": _boolean,
         "mixed_precision": _auto_or_boolean,
         "jit_compile": _auto_or_boolean,
-        "strategy": _choice("auto", "default", "mirrored"),
+        "strategy": _choice("auto", "default", "mirrored", "multi_worker"),
+        "restore_best_weights": _boolean,
     },
     "evaluate": {
         "batch_size": _integer(1),

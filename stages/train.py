@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,11 +95,173 @@ def _resolve_auto(value: str | bool, *, on_gpu: bool) -> bool:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for `train.strategy`."""
-    gpus = tf.config.list_physical_devices("GPU")
+    """The tf.distribute strategy for `train.strategy`.
+
+    `multi_worker` reads the cluster from the standard TF_CONFIG environment variable.
+    """
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+        # Without GPUs, mirror over the logical CPU devices (one unless configured).
+        cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=None if gpus else cpus)
     return tf.distribute.get_strategy()
+
+
+def is_chief(tf_config: str | None) -> bool:
+    """Whether this process writes outputs, given TF_CONFIG: all but non-chief workers do."""
+    if not tf_config:
+        return True
+    try:
+        config = json.loads(tf_config)
+        task_type, task_index = config["task"]["type"], config["task"]["index"]
+        cluster = config["cluster"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise io.StageError(
+            f"TF_CONFIG must be JSON with 'cluster' and 'task' {{'type', 'index'}}; "
+            f"got {tf_config!r} ({error})."
+        ) from None
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_index == 0 and "chief" not in cluster
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A short sha256 of the weights, to check that distributed workers agree."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class StopOnInterrupt(keras.callbacks.Callback):
+    """Turns the first Ctrl-C into a stop after the current batch; a second one aborts.
+
+    A KeyboardInterrupt raised inside TensorFlow's runtime or a tf.data thread can crash the
+    process or be lost, so the handler only sets a flag that Keras checks between batches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        print("\nInterrupted: stopping after this batch (Ctrl-C again to abort).", flush=True)
+        signal.signal(signal.SIGINT, self._previous)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.interrupted:
+            self.model.stop_training = True
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.interrupted:
+            self.model.stop_evaluating = True
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.interrupted:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _fit_custom(
+    model: keras.Model,
+    strategy: tf.distribute.Strategy,
+    *,
+    train_data: tf.data.Dataset,
+    validation_data: tf.data.Dataset | None,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    verbose: int | str,
+) -> keras.callbacks.History:
+    """model.fit's loop written with strategy.run, for MultiWorkerMirroredStrategy.
+
+    Keras 3's fit fails under that strategy (keras-team/keras#20585). Each replica averages
+    its loss over the global batch (tf.nn.compute_average_loss), so the summed gradients
+    match one device's; losses and accuracies are reduced across workers before callbacks
+    see them, so every worker takes the same decisions.
+    """
+    loss_object = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    optimizer = model.optimizer
+    sum_ = tf.distribute.ReduceOp.SUM
+
+    def sums(labels: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        per_example = loss_object(labels, logits)
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        correct = tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32)
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return per_example, tf.reduce_sum(correct), count
+
+    def train_replica(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example, correct, count = sums(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return tf.reduce_sum(per_example), correct, count
+
+    def test_replica(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        per_example, correct, count = sums(labels, model(images, training=False))
+        return tf.reduce_sum(per_example), correct, count
+
+    @tf.function
+    def train_step(batch: Any) -> tf.Tensor:
+        results = strategy.run(train_replica, args=batch)
+        return tf.stack([strategy.reduce(sum_, value, axis=None) for value in results])
+
+    @tf.function
+    def test_step(batch: Any) -> tf.Tensor:
+        results = strategy.run(test_replica, args=batch)
+        return tf.stack([strategy.reduce(sum_, value, axis=None) for value in results])
+
+    def logs_of(totals: np.ndarray, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}loss": totals[0] / totals[2], f"{prefix}accuracy": totals[1] / totals[2]}
+
+    steps = int(train_data.cardinality())
+    callback_list = keras.callbacks.CallbackList(
+        callbacks,
+        add_history=True,
+        add_progbar=verbose != 0,
+        model=model,
+        verbose=verbose,
+        epochs=epochs,
+        steps=steps,
+    )
+    distributed_train = strategy.experimental_distribute_dataset(train_data)
+    distributed_validation = (
+        None
+        if validation_data is None
+        else strategy.experimental_distribute_dataset(validation_data)
+    )
+    history = next(c for c in callback_list.callbacks if isinstance(c, keras.callbacks.History))
+    model.stop_training = False
+    logs: dict[str, float] = {}
+    callback_list.on_train_begin()
+    for epoch in range(epochs):
+        callback_list.on_epoch_begin(epoch)
+        totals = np.zeros(3)
+        for step, batch in enumerate(distributed_train):
+            callback_list.on_train_batch_begin(step)
+            totals += train_step(batch).numpy()
+            callback_list.on_train_batch_end(step, logs_of(totals))
+            if model.stop_training:
+                break
+        logs = logs_of(totals)
+        if distributed_validation is not None:
+            validation_totals = np.zeros(3)
+            for batch in distributed_validation:
+                validation_totals += test_step(batch).numpy()
+            logs.update(logs_of(validation_totals, prefix="val_"))
+        callback_list.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return history
 
 
 def run(
@@ -117,10 +283,15 @@ def run(
     mixed_precision: str | bool = "auto",
     jit_compile: str | bool = "auto",
     strategy: str = "auto",
+    restore_best_weights: bool = True,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int | str = "auto",
 ) -> tuple[keras.Model, keras.callbacks.History]:
-    """Build, compile and fit one model on in-memory arrays; the test seam of this stage."""
+    """Build, compile and fit one model on in-memory arrays; the test seam of this stage.
+
+    With `restore_best_weights` and validation data, the returned model holds the weights
+    of the epoch with the best validation accuracy (never the test set's).
+    """
     if batch_size > len(train_images):
         raise params.ParamsError(
             f"The 'train.batch_size' parameter must be at most the {len(train_images)} "
@@ -132,7 +303,8 @@ def run(
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     use_mixed = _resolve_auto(mixed_precision, on_gpu=on_gpu)
     keras.mixed_precision.set_global_policy("mixed_float16" if use_mixed else "float32")
-    with make_strategy(strategy).scope():
+    distribution = make_strategy(strategy)
+    with distribution.scope():
         model = build_model(
             regularized=regularized,
             dropout_rate=dropout_rate,
@@ -156,15 +328,39 @@ def run(
         validation_data = make_dataset(
             validation_images, validation_labels, batch_size=batch_size, shuffle=False
         )
-    history = model.fit(
-        train_data,
-        validation_data=validation_data,
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-        # The dataset shuffles itself, seeded; fit must not try to.
-        shuffle=False,
-    )
+    callbacks = list(callbacks or [])
+    if restore_best_weights and validation_data is not None:
+        # Patience of every epoch: pick the best epoch on validation, never stop early.
+        callbacks.insert(
+            0,
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                mode="max",
+                patience=epochs,
+                restore_best_weights=True,
+                verbose=1 if verbose else 0,
+            ),
+        )
+    if isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
+        history = _fit_custom(
+            model,
+            distribution,
+            train_data=train_data,
+            validation_data=validation_data,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            # The dataset shuffles itself, seeded; fit must not try to.
+            shuffle=False,
+        )
     return model, history
 
 
@@ -187,19 +383,37 @@ def main() -> None:
     # Memory-mapped uint8 arrays: the augmented set is never copied as floats.
     load = lambda directory, name: np.load(directory / f"{name}.npy", mmap_mode="r")  # noqa: E731
     device = describe_devices()
+    chief = config["strategy"] != "multi_worker" or is_chief(os.environ.get("TF_CONFIG"))
     print(f"train-{args.model}: training on {device}", flush=True)
-    with Live(dir=str(args.live_dir), dvcyaml=False, save_dvc_exp=False) as live:
-        live.log_param("device", device)
-        model, _ = run(
+    interrupt = StopOnInterrupt()
+    # Only the chief writes files; other workers train in step with it and keep nothing.
+    live = Live(dir=str(args.live_dir), dvcyaml=False, save_dvc_exp=False) if chief else None
+    with live or contextlib.nullcontext():
+        if live:
+            live.log_param("device", device)
+        model, history = run(
             train_images=load(args.train_dir, "train_images"),
             train_labels=load(args.train_dir, "train_labels"),
             validation_images=load(args.validation_dir, "validation_images"),
             validation_labels=load(args.validation_dir, "validation_labels"),
             regularized=args.model == "regularized",
-            callbacks=[DVCLiveCallback(live=live)],
+            callbacks=[interrupt] + ([DVCLiveCallback(live=live)] if live else []),
             verbose=1 if sys.stdout.isatty() else 2,
             **config,
         )
+        if interrupt.interrupted:
+            raise KeyboardInterrupt
+        validation_accuracy = history.history.get("val_accuracy")
+        if live and validation_accuracy and config["restore_best_weights"]:
+            # The kept weights are the best epoch's; the curves end at the last epoch.
+            # Live writes the summary when the `with` block ends.
+            best = int(np.argmax(validation_accuracy))
+            live.summary["best_epoch"] = best + 1
+            live.summary["best_val_accuracy"] = float(validation_accuracy[best])
+    print(f"train-{args.model}: weights sha256 {weights_digest(model)}", flush=True)
+    if not chief:
+        print(f"train-{args.model}: not the chief worker; wrote nothing", flush=True)
+        return
     with io.atomic_path(args.model_out, suffix=".keras") as temporary:
         model.save(temporary)
     print(f"train-{args.model}: saved {args.model_out}")

@@ -36,7 +36,15 @@ BAD = [
     (("train", "batch_norm_momentum", 1), "'train.batch_norm_momentum' parameter must be"),
     (("train", "deterministic", "yes"), "'train.deterministic' parameter must be true or false"),
     (("train", "jit_compile", "sometimes"), "'train.jit_compile' parameter must be auto, true"),
-    (("train", "strategy", "tpu"), "'train.strategy' parameter must be one of auto"),
+    (
+        ("train", "strategy", "tpu"),
+        "'train.strategy' parameter must be one of auto, default, mirrored, multi_worker; "
+        "got 'tpu'",
+    ),
+    (
+        ("train", "restore_best_weights", "always"),
+        "'train.restore_best_weights' parameter must be true or false; got 'always'",
+    ),
     (("split", "test_size", -5), "'split.test_size' parameter must be an integer >= 1; got -5"),
     (("split", "validation_size", -1), "'split.validation_size' parameter must be an integer >= 0"),
     (("split", "seed", "abc"), "'split.seed' parameter must be an integer >= 0"),

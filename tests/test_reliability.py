@@ -151,11 +151,9 @@ def test_two_forced_runs_give_identical_metrics(project):
     assert model_weights(project) == first_weights
 
 
-@pytest.mark.skip(
-    reason="known defect (issue 5): a SIGINT can abort or be swallowed inside TF/dvclive; "
-    "this test hung in a CI run. Needs a SIGINT handler in stages/train.py."
-)
-def test_ctrl_c_during_training_stops_cleanly(project):
+# 0.0 lands at an epoch boundary (just after dvclive wrote the epoch), 0.5 inside an epoch.
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_ctrl_c_during_training_stops_cleanly(project, delay):
     dvc(project, "repro", "augment")
     command = [
         sys.executable,
@@ -183,10 +181,7 @@ def test_ctrl_c_during_training_stops_cleanly(project):
     while not (project / "live/metrics.json").exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    # Known defect, not covered here: a Ctrl-C that lands exactly on an epoch boundary can
-    # abort the process (seen once: "free(): invalid next size") or be swallowed. The fix is a
-    # SIGINT handler in stages/train.py that asks Keras to stop after the current batch.
-    time.sleep(0.5)
+    time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stages.io import StageError
 from stages.params import ParamsError
-from stages.train import build_model, make_dataset, run
+from stages.train import build_model, is_chief, make_dataset, run
 from tests.conftest import synthetic_digits
 
 
@@ -94,3 +95,42 @@ def test_run_trains_end_to_end_and_is_deterministic(regularized):
 def test_run_refuses_batch_larger_than_training_set():
     with pytest.raises(ParamsError, match="'train.batch_size' parameter must be at most the 10"):
         run(**fit_arguments(10, batch_size=11))
+
+
+def test_restore_best_weights_keeps_the_best_validation_epoch():
+    arguments = fit_arguments(200, epochs=6, learning_rate=0.03)
+    model, history = run(**arguments, restore_best_weights=True)
+    predictions = model.predict(arguments["validation_images"], verbose=0).argmax(axis=1)
+    accuracy = float(np.mean(predictions == arguments["validation_labels"]))
+    assert accuracy == pytest.approx(max(history.history["val_accuracy"]), abs=1e-6)
+    last, last_history = run(**arguments, restore_best_weights=False)
+    predictions = last.predict(arguments["validation_images"], verbose=0).argmax(axis=1)
+    accuracy = float(np.mean(predictions == arguments["validation_labels"]))
+    assert accuracy == pytest.approx(last_history.history["val_accuracy"][-1], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("tf_config", "expected"),
+    [
+        (None, True),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}', True),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}', False),
+        (
+            '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, '
+            '"task": {"type": "worker", "index": 0}}',
+            False,
+        ),
+        (
+            '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, '
+            '"task": {"type": "chief", "index": 0}}',
+            True,
+        ),
+    ],
+)
+def test_is_chief_reads_tf_config(tf_config, expected):
+    assert is_chief(tf_config) is expected
+
+
+def test_is_chief_refuses_malformed_tf_config():
+    with pytest.raises(StageError, match=r"^TF_CONFIG must be JSON with 'cluster' and 'task'"):
+        is_chief('{"task": {"type": "worker"}}')
