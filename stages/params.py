@@ -115,6 +115,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "batch_size": _integer(1),
         "learning_rate": _number(0, float("inf"), low_open=True, high_open=True),
         "seed": _integer(0),
+        "learning_rate_schedule": _choice("constant", "cosine"),
         "dropout_rate": _number(0, 1, low_open=False, high_open=True),
         "dropout_after_first_pool": _boolean,
         "batch_norm_momentum": _number(0, 1, low_open=False, high_open=True),

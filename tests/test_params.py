@@ -33,6 +33,10 @@ BAD = [
     (("train", "dropout_rate", 1.5), "must be a float in [0, 1); got 1.5."),
     (("train", "learning_rate", 0), "'train.learning_rate' parameter must be a float in (0, inf)"),
     (("train", "learning_rate", -0.001), "'train.learning_rate' parameter must be a float"),
+    (
+        ("train", "learning_rate_schedule", "step"),
+        "'train.learning_rate_schedule' parameter must be one of constant, cosine; got 'step'",
+    ),
     (("train", "batch_norm_momentum", 1), "'train.batch_norm_momentum' parameter must be"),
     (("train", "deterministic", "yes"), "'train.deterministic' parameter must be true or false"),
     (("train", "jit_compile", "sometimes"), "'train.jit_compile' parameter must be auto, true"),

@@ -109,6 +109,19 @@ def test_restore_best_weights_keeps_the_best_validation_epoch():
     assert accuracy == pytest.approx(last_history.history["val_accuracy"][-1], abs=1e-6)
 
 
+@pytest.mark.parametrize(("schedule", "final"), [("constant", 0.003), ("cosine", 0.0)])
+def test_learning_rate_schedule_ends_where_it_should(schedule, final):
+    # 200 images in batches of 20 for 3 epochs: the cosine reaches 0 at the 30th step.
+    model, _ = run(**fit_arguments(200, learning_rate_schedule=schedule))
+    assert int(model.optimizer.iterations) == 30
+    assert float(model.optimizer.learning_rate) == pytest.approx(final, abs=1e-9)
+
+
+def test_run_refuses_unknown_learning_rate_schedule():
+    with pytest.raises(ValueError, match="^learning_rate_schedule must be one of constant, cosine"):
+        run(**fit_arguments(20, learning_rate_schedule="step"))
+
+
 @pytest.mark.parametrize(
     ("tf_config", "expected"),
     [
