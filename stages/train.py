@@ -183,6 +183,17 @@ class StopOnInterrupt(keras.callbacks.Callback):
             signal.signal(signal.SIGINT, self._previous)
 
 
+class LogLearningRate(keras.callbacks.Callback):
+    """Adds the optimizer's learning rate at the end of each epoch to the epoch's logs.
+
+    Callbacks after it (dvclive, the history) see it, so the schedule is plotted with the curves.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
 def _fit_custom(
     model: keras.Model,
     strategy: tf.distribute.Strategy,
@@ -224,15 +235,15 @@ def _fit_custom(
         per_example, correct, count = sums(labels, model(images, training=False))
         return tf.reduce_sum(per_example), correct, count
 
-    @tf.function
-    def train_step(batch: Any) -> tf.Tensor:
-        results = strategy.run(train_replica, args=batch)
-        return tf.stack([strategy.reduce(sum_, value, axis=None) for value in results])
+    def distributed(replica_function: Any) -> Any:
+        @tf.function
+        def step(batch: Any) -> tf.Tensor:
+            results = strategy.run(replica_function, args=batch)
+            return tf.stack([strategy.reduce(sum_, value, axis=None) for value in results])
 
-    @tf.function
-    def test_step(batch: Any) -> tf.Tensor:
-        results = strategy.run(test_replica, args=batch)
-        return tf.stack([strategy.reduce(sum_, value, axis=None) for value in results])
+        return step
+
+    train_step, test_step = distributed(train_replica), distributed(test_replica)
 
     def logs_of(totals: np.ndarray, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}loss": totals[0] / totals[2], f"{prefix}accuracy": totals[1] / totals[2]}
@@ -355,7 +366,7 @@ def run(
         validation_data = make_dataset(
             validation_images, validation_labels, batch_size=batch_size, shuffle=False
         )
-    callbacks = list(callbacks or [])
+    callbacks = [LogLearningRate(), *(callbacks or [])]
     if restore_best_weights and validation_data is not None:
         # Patience of every epoch: pick the best epoch on validation, never stop early.
         callbacks.insert(

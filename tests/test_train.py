@@ -112,9 +112,14 @@ def test_restore_best_weights_keeps_the_best_validation_epoch():
 @pytest.mark.parametrize(("schedule", "final"), [("constant", 0.003), ("cosine", 0.0)])
 def test_learning_rate_schedule_ends_where_it_should(schedule, final):
     # 200 images in batches of 20 for 3 epochs: the cosine reaches 0 at the 30th step.
-    model, _ = run(**fit_arguments(200, learning_rate_schedule=schedule))
+    model, history = run(**fit_arguments(200, learning_rate_schedule=schedule))
     assert int(model.optimizer.iterations) == 30
     assert float(model.optimizer.learning_rate) == pytest.approx(final, abs=1e-9)
+    # The rate at the end of each epoch is logged, for the history and for dvclive.
+    rates = history.history["learning_rate"]
+    assert len(rates) == 3 and rates[-1] == pytest.approx(final, abs=1e-9)
+    if schedule == "cosine":
+        assert 0.003 > rates[0] > rates[1] > rates[2]
 
 
 def test_run_refuses_unknown_learning_rate_schedule():
