@@ -8,11 +8,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Imported first: the training stage sets TensorFlow's environment (oneDNN) before it loads.
+from stages import train  # noqa: E402, I001
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-from stages import train  # noqa: E402
 
 
 def milliseconds(function, *args, repeats: int) -> float:
@@ -27,18 +28,51 @@ def milliseconds(function, *args, repeats: int) -> float:
 
 def layer_step(layer: keras.layers.Layer, shape: tuple[int, ...], *, input_gradient: bool):
     inputs = tf.random.uniform(shape)
-    layer(inputs)
+    layer(inputs, training=True)
 
     @tf.function
     def step(inputs):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
-            outputs = layer(inputs)
+            # training=True: batch norm uses batch statistics and dropout drops, as in fit.
+            outputs = layer(inputs, training=True)
             loss = tf.reduce_sum(outputs * outputs)
         sources = ([inputs] if input_gradient else []) + layer.trainable_variables
         return tape.gradient(loss, sources)
 
     return step, inputs
+
+
+def whole_model_rows(model: keras.Model, images: tf.Tensor, labels: tf.Tensor, *, repeats: int):
+    """Forward, forward + backward, a step with Adam, and fit's step, of one whole model."""
+    optimizer = keras.optimizers.Adam(0.001)
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def forward(images):
+        return model(images, training=True)
+
+    @tf.function
+    def forward_backward(images, labels):
+        with tf.GradientTape() as tape:
+            loss = loss_function(labels, model(images, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    @tf.function
+    def train_step(images, labels):
+        gradients = forward_backward(images, labels)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return gradients
+
+    yield "forward", milliseconds(forward, images, repeats=repeats)
+    yield "forward + backward", milliseconds(forward_backward, images, labels, repeats=repeats)
+    yield "step with Adam", milliseconds(train_step, images, labels, repeats=repeats)
+    model.compile(optimizer=keras.optimizers.Adam(0.001), loss=loss_function)
+    batches = tf.data.Dataset.from_tensors((images, labels)).repeat(repeats)
+    model.fit(batches, verbose=0)
+    start = time.perf_counter()
+    model.fit(batches, verbose=0)
+    yield "model.fit step", (time.perf_counter() - start) / repeats * 1000
 
 
 def main() -> None:
@@ -58,6 +92,10 @@ def main() -> None:
         ("pool1 3x3/2 over 28x28x12", keras.layers.MaxPooling2D(3, 2), (n, 28, 28, 12), True),
         ("conv2 3x3, 12->16", keras.layers.Conv2D(16, 3, padding="same"), (n, 13, 13, 12), True),
         ("pool2 3x3/2 over 13x13x16", keras.layers.MaxPooling2D(3, 2), (n, 13, 13, 16), True),
+        # The regularized model's extra layers.
+        ("bn1 over 13x13x12", keras.layers.BatchNormalization(momentum=0.9), (n, 13, 13, 12), True),
+        ("bn2 over 6x6x16", keras.layers.BatchNormalization(momentum=0.9), (n, 6, 6, 16), True),
+        ("dropout 0.5 over 6x6x16", keras.layers.Dropout(0.5), (n, 6, 6, 16), True),
         ("fc1 576->256", keras.layers.Dense(256, activation="relu"), (n, 576), True),
         (
             "fc2 + logits",
@@ -70,48 +108,18 @@ def main() -> None:
         step, inputs = layer_step(layer, shape, input_gradient=input_gradient)
         rows.append((name, milliseconds(step, inputs, repeats=args.repeats)))
 
-    model = train.build_model(regularized=False)
-    optimizer = keras.optimizers.Adam(0.001)
-    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
     labels = tf.constant(rng.integers(0, 10, n, dtype=np.int32))
-
-    @tf.function
-    def forward(images):
-        return model(images, training=True)
-
-    @tf.function
-    def forward_backward(images, labels):
-        with tf.GradientTape() as tape:
-            loss = loss_function(labels, model(images, training=True))
-        return tape.gradient(loss, model.trainable_variables)
-
-    @tf.function
-    def train_step(images, labels):
-        gradients = forward_backward(images, labels)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return gradients
-
-    rows.append(("whole model, forward", milliseconds(forward, images, repeats=args.repeats)))
-    rows.append(
-        (
-            "whole model, forward + backward",
-            milliseconds(forward_backward, images, labels, repeats=args.repeats),
-        )
+    for regularized in (False, True):
+        name = "regularized" if regularized else "baseline"
+        model = train.build_model(regularized=regularized)
+        for row, ms in whole_model_rows(model, images, labels, repeats=args.repeats):
+            rows.append((f"{name}, {row}", ms))
+    print(
+        f"batch {n}, deterministic={args.deterministic}, {os.cpu_count()} cores, "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}"
     )
-    rows.append(
-        ("whole step with Adam", milliseconds(train_step, images, labels, repeats=args.repeats))
-    )
-    model.compile(optimizer=keras.optimizers.Adam(0.001), loss=loss_function)
-    batches = tf.data.Dataset.from_tensors((images, labels)).repeat(args.repeats)
-    model.fit(batches, verbose=0)
-    start = time.perf_counter()
-    model.fit(batches, verbose=0)
-    rows.append(
-        ("model.fit, same batch repeated", (time.perf_counter() - start) / args.repeats * 1000)
-    )
-    print(f"batch {n}, deterministic={args.deterministic}, {os.cpu_count()} cores")
     for name, ms in rows:
         print(f"  {name:34s} {ms:7.2f} ms")
 

@@ -13,101 +13,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+# The environment the user started the benchmark with: the reference runs under it, while
+# importing the training stage below changes TensorFlow's defaults in this process.
+USER_ENVIRONMENT = dict(os.environ)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stages import augment, params, train  # noqa: E402, I001  (before TensorFlow loads)
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from scipy.ndimage import shift as scipy_shift  # noqa: E402
 
-from stages import augment, params, train  # noqa: E402
+from benchmarks.reference import reference_augment  # noqa: E402
+from benchmarks.variant import VARIANTS, load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# --- Reference implementations, written the obvious way a user would. -----------------------
-
-
-def reference_augment(images: np.ndarray) -> np.ndarray:
-    """The article's method: a Python loop of scipy shift per image, then cv2.flip per image."""
-    shifted = []
-    for dy, dx in augment.SHIFTS:
-        for image in images:
-            shifted.append(scipy_shift(image, (dy, dx), order=0, mode="constant", cval=0))
-    flipped = [cv2.flip(image, 1) for image in images]
-    return np.concatenate([images, np.array(shifted), np.array(flipped)])
-
-
-def reference_model() -> keras.Model:
-    """The same architecture as the baseline, taking float32 images scaled to [0, 1]."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(12, 3, padding="same"),
-            keras.layers.MaxPooling2D(3, strides=2),
-            keras.layers.Conv2D(16, 3, padding="same"),
-            keras.layers.MaxPooling2D(3, strides=2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(100, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-
-
-def reference_train(x, y, vx, vy, *, epochs: int, batch_size: int, callbacks) -> float:
-    """`model.fit` on float32 numpy arrays; returns the final validation accuracy."""
-    keras.utils.set_random_seed(0)
-    x = (x.astype("float32") / 255)[..., None]
-    vx = (vx.astype("float32") / 255)[..., None]
-    model = reference_model()
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.001),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    history = model.fit(
-        x,
-        y,
-        batch_size=batch_size,
-        epochs=epochs,
-        validation_data=(vx, vy),
-        callbacks=callbacks,
-        verbose=0,
-    )
-    return history.history["val_accuracy"][-1]
-
-
-# --- Measurements. ------------------------------------------------------------------------------
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Wall time of each training epoch, validation excluded."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_test_begin(self, logs=None):
-        if hasattr(self, "start"):
-            self.seconds.append(time.perf_counter() - self.start)
-            del self.start
-
-    def on_epoch_end(self, epoch, logs=None):
-        if hasattr(self, "start"):
-            self.seconds.append(time.perf_counter() - self.start)
-            del self.start
-
-
-def images_per_second(timer: EpochTimer, count: int) -> float:
-    """Throughput over whole epochs after the first (warm-up) one."""
-    timed = timer.seconds[1:] or timer.seconds
-    return count / (sum(timed) / len(timed))
 
 
 def bench_augment(images: np.ndarray) -> dict[str, Any]:
@@ -133,61 +55,28 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     }
 
 
-TRAINING_VARIANTS = {
-    "reference": None,
-    "project": {},
-    "project_nondeterministic": {"deterministic": False},
-    "project_steps_per_execution_32": {"steps_per_execution": 32},
-    "project_xla_nondeterministic": {"deterministic": False, "jit_compile": True},
-}
-
-
-def train_variant(name: str, data, *, epochs: int, config: dict[str, Any]) -> dict[str, float]:
-    """Images per second and final validation accuracy of one variant, in this process."""
-    x, y, vx, vy = data
-    timer = EpochTimer()
-    if TRAINING_VARIANTS[name] is None:
-        accuracy = reference_train(
-            x, y, vx, vy, epochs=epochs, batch_size=config["batch_size"], callbacks=[timer]
-        )
-    else:
-        _, history = train.run(
-            train_images=x,
-            train_labels=y,
-            validation_images=vx,
-            validation_labels=vy,
-            regularized=False,
-            callbacks=[timer],
-            verbose=0,
-            **{**config, "epochs": epochs, **TRAINING_VARIANTS[name]},
-        )
-        accuracy = history.history["val_accuracy"][-1]
-    return {"images_per_second": images_per_second(timer, len(x)), "validation_accuracy": accuracy}
-
-
 def bench_training(*, quick: bool, epochs: int, batch_size: int) -> dict[str, Any]:
-    """Each variant in a fresh process, since TensorFlow's op determinism is process-wide."""
+    """Each variant in a fresh process: TensorFlow reads its environment once, when it loads."""
     results: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size}
-    for name in TRAINING_VARIANTS:
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--train-variant",
-            name,
-            "--epochs",
-            str(epochs),
-        ] + (["--quick"] if quick else [])
-        output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+    for name, (environment, _) in VARIANTS.items():
+        command = [sys.executable, "-m", "benchmarks.variant", name, "--epochs", str(epochs)]
+        output = subprocess.run(
+            command + (["--quick"] if quick else []),
+            cwd=ROOT,
+            env={**USER_ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "2", **environment},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         figures = json.loads(output.stdout.strip().splitlines()[-1])
         results["images"] = figures.pop("images")
         for key, value in figures.items():
             results[f"{name}_{key}"] = value
-    for name in TRAINING_VARIANTS:
+        print(f"  {name:32s} {figures['images_per_second']:8.0f} images/s", flush=True)
+    reference = results["reference_images_per_second"]
+    for name in VARIANTS:
         if name != "reference":
-            results[f"{name}_speedup"] = (
-                results[f"{name}_images_per_second"] / results["reference_images_per_second"]
-            )
+            results[f"{name}_speedup"] = results[f"{name}_images_per_second"] / reference
     return results
 
 
@@ -251,26 +140,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def load_data(quick: bool):
-    split_dir = ROOT / "data/split"
-    if not quick and (split_dir / "train_images.npy").exists():
-        load = lambda name: np.load(split_dir / f"{name}.npy")  # noqa: E731
-        return (
-            load("train_images"),
-            load("train_labels"),
-            load("validation_images"),
-            load("validation_labels"),
-        )
-    rng = np.random.default_rng(0)
-    count = 256 if quick else 55_000
-    return (
-        rng.integers(0, 256, (count, 28, 28), dtype=np.uint8),
-        rng.integers(0, 10, count),
-        rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
-        rng.integers(0, 10, 64),
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny inputs: checks the script runs")
@@ -278,7 +147,6 @@ def main() -> None:
         "--epochs", type=int, default=3, help="training epochs, the first is warm-up"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
-    parser.add_argument("--train-variant", choices=TRAINING_VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["augment", "train", "memory", "noop"]
     )
@@ -286,11 +154,6 @@ def main() -> None:
     config = params.load(ROOT / "params.yaml")["train"]
     if args.quick:
         config["batch_size"] = 32
-    if args.train_variant:
-        data = load_data(args.quick)
-        figures = train_variant(args.train_variant, data, epochs=args.epochs, config=config)
-        print(json.dumps({"images": len(data[0]), **figures}))
-        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
