@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -88,9 +90,10 @@ def augment(
             f"out_images must have shape {(total, *images.shape[1:])}; got {out_images.shape}"
         )
     copies = total // n if n else 0
+
     # Blocks of images small enough to stay in the CPU cache: each input block is read from
     # memory once and written out six ways, instead of the whole input being read six times.
-    for first in range(0, n, BLOCK_IMAGES):
+    def augment_block(first: int) -> None:
         last = min(first + BLOCK_IMAGES, n)
         block = images[first:last]
         outputs = [out_images[copy * n + first : copy * n + last] for copy in range(copies)]
@@ -100,6 +103,11 @@ def augment(
                 shift_images(block, dy=dy, dx=dx, out=out)
         if flip_horizontal:
             flip_left_right(block, out=outputs[-1])
+
+    # NumPy's copies and cv2.flip release the GIL, so the blocks run in parallel on every core.
+    # Each block writes its own slices of the output, so the result does not depend on timing.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(augment_block, range(0, n, BLOCK_IMAGES)))
     return out_images, np.tile(labels, copies)
 
 
