@@ -55,9 +55,9 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     }
 
 
-def bench_training(*, quick: bool, epochs: int, batch_size: int) -> dict[str, Any]:
+def bench_training(*, quick: bool, epochs: int) -> dict[str, Any]:
     """Each variant in a fresh process: TensorFlow reads its environment once, when it loads."""
-    results: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size}
+    results: dict[str, Any] = {"epochs": epochs}
     for name, (environment, _) in VARIANTS.items():
         command = [sys.executable, "-m", "benchmarks.variant", name, "--epochs", str(epochs)]
         output = subprocess.run(
@@ -70,6 +70,7 @@ def bench_training(*, quick: bool, epochs: int, batch_size: int) -> dict[str, An
         )
         figures = json.loads(output.stdout.strip().splitlines()[-1])
         results["images"] = figures.pop("images")
+        results["batch_size"] = figures.pop("batch_size")
         for key, value in figures.items():
             results[f"{name}_{key}"] = value
         print(f"  {name:32s} {figures['images_per_second']:8.0f} images/s", flush=True)
@@ -151,9 +152,6 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["augment", "train", "memory", "noop"]
     )
     args = parser.parse_args()
-    config = params.load(ROOT / "params.yaml")["train"]
-    if args.quick:
-        config["batch_size"] = 32
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
@@ -170,11 +168,9 @@ def main() -> None:
         results["memory"] = bench_memory(epochs=1)
         print_row("memory", results["memory"], "peak_rss_mib")
     if "train" not in args.skip:
-        results["training"] = bench_training(
-            quick=args.quick, epochs=args.epochs, batch_size=config["batch_size"]
-        )
+        results["training"] = bench_training(quick=args.quick, epochs=args.epochs)
         print_row(
-            f"training (baseline, batch {config['batch_size']})",
+            f"training (baseline, batch {results['training']['batch_size']})",
             results["training"],
             "project_speedup",
         )

@@ -106,6 +106,7 @@ def train_variant(name: str, *, epochs: int, quick: bool) -> dict[str, Any]:
     timed = timer.seconds[1:] or timer.seconds
     return {
         "images": len(x),
+        "batch_size": batch_size,
         "images_per_second": len(x) / (sum(timed) / len(timed)),
         "validation_accuracy": float(accuracy),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (TensorFlow's default)"),

@@ -29,6 +29,7 @@ def test_benchmark_quick_run_writes_json(tmp_path):
     assert figures["machine"]["cores"] >= 1 and figures["machine"]["tensorflow"]
     assert figures["augment"]["images"] == 64 and figures["augment"]["speedup"] > 0
     training = figures["training"]
+    assert training["batch_size"] == 32 and training["epochs"] == 2
     for key in VARIANTS:
         assert training[f"{key}_images_per_second"] > 0
         assert 0 <= training[f"{key}_validation_accuracy"] <= 1
