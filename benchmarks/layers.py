@@ -95,6 +95,8 @@ def main() -> None:
         # The regularized model's extra layers.
         ("bn1 over 13x13x12", keras.layers.BatchNormalization(momentum=0.9), (n, 13, 13, 12), True),
         ("bn2 over 6x6x16", keras.layers.BatchNormalization(momentum=0.9), (n, 6, 6, 16), True),
+        ("bn1, fused", train.FusedBatchNormalization(momentum=0.9), (n, 13, 13, 12), True),
+        ("bn2, fused", train.FusedBatchNormalization(momentum=0.9), (n, 6, 6, 16), True),
         ("dropout 0.5 over 6x6x16", keras.layers.Dropout(0.5), (n, 6, 6, 16), True),
         ("fc1 576->256", keras.layers.Dense(256, activation="relu"), (n, 576), True),
         (
@@ -111,9 +113,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
     labels = tf.constant(rng.integers(0, 10, n, dtype=np.int32))
-    for regularized in (False, True):
-        name = "regularized" if regularized else "baseline"
-        model = train.build_model(regularized=regularized)
+    models = {
+        "baseline": train.build_model(regularized=False),
+        "regularized, Keras batch norm": train.build_model(regularized=True),
+        "regularized, fused (the stage's)": train.build_model(
+            regularized=True, fused_batch_norm=True
+        ),
+    }
+    for name, model in models.items():
         for row, ms in whole_model_rows(model, images, labels, repeats=args.repeats):
             rows.append((f"{name}, {row}", ms))
     print(
@@ -121,7 +128,7 @@ def main() -> None:
         f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}"
     )
     for name, ms in rows:
-        print(f"  {name:34s} {ms:7.2f} ms")
+        print(f"  {name:54s} {ms:7.2f} ms")
 
 
 if __name__ == "__main__":

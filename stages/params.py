@@ -119,6 +119,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "dropout_rate": _number(0, 1, low_open=False, high_open=True),
         "dropout_after_first_pool": _boolean,
         "batch_norm_momentum": _number(0, 1, low_open=False, high_open=True),
+        "fused_batch_norm": _boolean,
         "steps_per_execution": _integer(1),
         "deterministic": _boolean,
         "mixed_precision": _auto_or_boolean,

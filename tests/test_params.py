@@ -38,6 +38,7 @@ BAD = [
         "'train.learning_rate_schedule' parameter must be one of constant, cosine; got 'step'",
     ),
     (("train", "batch_norm_momentum", 1), "'train.batch_norm_momentum' parameter must be"),
+    (("train", "fused_batch_norm", 1), "'train.fused_batch_norm' parameter must be true or false"),
     (("train", "deterministic", "yes"), "'train.deterministic' parameter must be true or false"),
     (("train", "jit_compile", "sometimes"), "'train.jit_compile' parameter must be auto, true"),
     (

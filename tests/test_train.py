@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from stages.io import StageError
 from stages.params import ParamsError
-from stages.train import build_model, is_chief, make_dataset, run
+from stages.train import build_model, is_chief, make_dataset, plain_layers, run
 from tests.conftest import synthetic_digits
 
 
@@ -43,6 +45,53 @@ def test_regularized_dropout_placement():
     assert trainable_count(as_run) == 176_286 + 56
     as_written = build_model(regularized=True, dropout_after_first_pool=True)
     assert layer_types(as_written).count("Dropout") == 2
+
+
+def test_fused_batch_norm_trains_like_keras_batch_norm_and_saves_as_it(tmp_path):
+    images, labels = synthetic_digits(64, seed=3)
+    # No dropout, so that both models see the same forward pass.
+    plain = build_model(regularized=True, dropout_rate=0.0)
+    fused = build_model(regularized=True, dropout_rate=0.0, fused_batch_norm=True)
+    assert layer_types(fused).count("FusedBatchNormalization") == 2
+    fused.set_weights(plain.get_weights())
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    results = []
+    for model in (plain, fused):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = loss_function(labels, logits)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        results.append((logits, gradients, model.get_weights()))
+    (plain_logits, plain_gradients, plain_weights), (logits, gradients, weights) = results
+    np.testing.assert_allclose(logits, plain_logits, rtol=1e-4, atol=1e-5)
+    # Biases before batch norm have a gradient of 0 up to rounding, hence the absolute tolerance.
+    for gradient, plain_gradient in zip(gradients, plain_gradients, strict=True):
+        np.testing.assert_allclose(gradient, plain_gradient, rtol=1e-3, atol=1e-5)
+    # The moving mean and variance moved, and by the same amounts (biased variance).
+    moving = [w.name for w in fused.weights].index("moving_variance")
+    assert not np.allclose(weights[moving], 1.0)
+    for weight, plain_weight in zip(weights, plain_weights, strict=True):
+        np.testing.assert_allclose(weight, plain_weight, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused(images), plain(images), rtol=1e-5, atol=1e-5)
+
+    # What the stage saves has Keras's own layers, loadable without this project's code.
+    saved = plain_layers(fused)
+    assert "FusedBatchNormalization" not in layer_types(saved)
+    assert layer_types(saved).count("BatchNormalization") == 2
+    assert saved.name == "regularized"
+    saved.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    expected = fused.predict(images, verbose=0)
+    np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
+def test_fused_batch_norm_trains_under_mixed_precision():
+    try:
+        _, history = run(**fit_arguments(100, regularized=True, epochs=2, mixed_precision=True))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
 
 
 def test_build_model_refuses_bad_dropout():
