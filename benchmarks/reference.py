@@ -49,10 +49,11 @@ def reference_train(
     *,
     epochs: int,
     batch_size: int,
+    seed: int,
     callbacks: list[keras.callbacks.Callback],
 ) -> float:
     """`model.fit` on float32 numpy arrays; returns the final validation accuracy."""
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     x = (x.astype("float32") / 255)[..., None]
     validation_x = (validation_x.astype("float32") / 255)[..., None]
     model = reference_model()

@@ -55,20 +55,27 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     }
 
 
+def run_variant(name: str, *, epochs: int, quick: bool, seed: int | None = None) -> dict:
+    """One variant in a fresh process: TensorFlow reads its environment once, when it loads."""
+    command = [sys.executable, "-m", "benchmarks.variant", name, "--epochs", str(epochs)]
+    command += (["--quick"] if quick else []) + ([] if seed is None else ["--seed", str(seed)])
+    output = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**USER_ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "2", **VARIANTS[name][0]},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
 def bench_training(*, quick: bool, epochs: int) -> dict[str, Any]:
-    """Each variant in a fresh process: TensorFlow reads its environment once, when it loads."""
+    """Throughput of every variant, with the params' seed."""
     results: dict[str, Any] = {"epochs": epochs}
-    for name, (environment, _) in VARIANTS.items():
-        command = [sys.executable, "-m", "benchmarks.variant", name, "--epochs", str(epochs)]
-        output = subprocess.run(
-            command + (["--quick"] if quick else []),
-            cwd=ROOT,
-            env={**USER_ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "2", **environment},
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        figures = json.loads(output.stdout.strip().splitlines()[-1])
+    for name in VARIANTS:
+        figures = run_variant(name, epochs=epochs, quick=quick)
+        figures.pop("seed")
         results["images"] = figures.pop("images")
         results["batch_size"] = figures.pop("batch_size")
         for key, value in figures.items():
@@ -78,6 +85,34 @@ def bench_training(*, quick: bool, epochs: int) -> dict[str, Any]:
     for name in VARIANTS:
         if name != "reference":
             results[f"{name}_speedup"] = results[f"{name}_images_per_second"] / reference
+    return results
+
+
+ACCURACY_VARIANTS = ("reference", "project", "project_constant_learning_rate")
+
+
+def bench_accuracy(*, quick: bool, epochs: int, seeds: int) -> dict[str, Any]:
+    """Validation accuracy after `epochs` epochs over seeds 1..`seeds`, the same for each variant.
+
+    One seed's accuracy after 2 epochs varies by a few tenths of a point with the data order, so
+    a single run cannot tell whether the project learns as well as the reference.
+    """
+    results: dict[str, Any] = {"epochs": epochs, "seeds": list(range(1, seeds + 1))}
+    for name in ACCURACY_VARIANTS:
+        accuracies = [
+            run_variant(name, epochs=epochs, quick=quick, seed=seed)["validation_accuracy"]
+            for seed in results["seeds"]
+        ]
+        results[f"{name}_accuracies"] = accuracies
+        results[f"{name}_mean"] = float(np.mean(accuracies))
+        results[f"{name}_std"] = float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0
+        print(f"  {name:32s} mean {results[f'{name}_mean']:.4f} over {seeds} seeds", flush=True)
+    for name in ACCURACY_VARIANTS[1:]:
+        # Points of accuracy, and the standard error of that difference of two means.
+        difference = 100 * (results[f"{name}_mean"] - results["reference_mean"])
+        error = 100 * np.hypot(results[f"{name}_std"], results["reference_std"]) / np.sqrt(seeds)
+        results[f"{name}_minus_reference_points"] = difference
+        results[f"{name}_minus_reference_standard_error"] = float(error)
     return results
 
 
@@ -147,9 +182,15 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, default=3, help="training epochs, the first is warm-up"
     )
+    parser.add_argument(
+        "--accuracy-epochs", type=int, default=2, help="epochs of each accuracy comparison run"
+    )
+    parser.add_argument(
+        "--accuracy-seeds", type=int, default=5, help="seeds of the accuracy comparison"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/latest.json")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["augment", "train", "memory", "noop"]
+        "--skip", nargs="*", default=[], choices=["augment", "train", "accuracy", "memory", "noop"]
     )
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +214,15 @@ def main() -> None:
             f"training (baseline, batch {results['training']['batch_size']})",
             results["training"],
             "project_speedup",
+        )
+    if "accuracy" not in args.skip:
+        results["accuracy"] = bench_accuracy(
+            quick=args.quick, epochs=args.accuracy_epochs, seeds=args.accuracy_seeds
+        )
+        print_row(
+            f"accuracy after {args.accuracy_epochs} epochs",
+            results["accuracy"],
+            "project_minus_reference_points",
         )
     if "noop" not in args.skip and not args.quick:
         results["noop_repro"] = bench_noop_repro()

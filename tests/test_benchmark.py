@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.variant import VARIANTS
 from tests.conftest import ROOT
 
@@ -17,7 +19,8 @@ def test_benchmark_quick_run_writes_json(tmp_path):
     # TF_ENABLE_ONEDNN_OPTS in its own environment.
     environment = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--epochs", "2", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--epochs", "2"]
+        + ["--accuracy-seeds", "2", "--accuracy-epochs", "1", "--out", str(out)],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -38,4 +41,11 @@ def test_benchmark_quick_run_writes_json(tmp_path):
     assert training["project_onednn_off_onednn"] == "0"
     assert training["reference_onednn_onednn"] == "1"
     assert training["reference_onednn"] == "unset (TensorFlow's default)"
+    accuracy = figures["accuracy"]
+    assert accuracy["seeds"] == [1, 2] and accuracy["epochs"] == 1
+    for key in ("reference", "project", "project_constant_learning_rate"):
+        assert len(accuracy[f"{key}_accuracies"]) == 2
+        assert accuracy[f"{key}_mean"] == pytest.approx(sum(accuracy[f"{key}_accuracies"]) / 2)
+    assert accuracy["project_minus_reference_standard_error"] >= 0
     assert "augment" in result.stdout and "training" in result.stdout
+    assert "accuracy after 1 epochs" in result.stdout
