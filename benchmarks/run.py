@@ -55,7 +55,7 @@ def bench_augment(images: np.ndarray) -> dict[str, Any]:
     }
 
 
-def run_variant(name: str, *, epochs: int, quick: bool, seed: int | None = None) -> dict:
+def run_variant(name: str, *, epochs: int, quick: bool, seed: int | None = None) -> dict[str, Any]:
     """One variant in a fresh process: TensorFlow reads its environment once, when it loads."""
     command = [sys.executable, "-m", "benchmarks.variant", name, "--epochs", str(epochs)]
     command += (["--quick"] if quick else []) + ([] if seed is None else ["--seed", str(seed)])
@@ -92,11 +92,15 @@ ACCURACY_VARIANTS = ("reference", "project", "project_constant_learning_rate")
 
 
 def bench_accuracy(*, quick: bool, epochs: int, seeds: int) -> dict[str, Any]:
-    """Validation accuracy after `epochs` epochs over seeds 1..`seeds`, the same for each variant.
+    """Validation accuracy of the baseline after `epochs` epochs, over seeds 1..`seeds`.
 
     One seed's accuracy after 2 epochs varies by a few tenths of a point with the data order, so
-    a single run cannot tell whether the project learns as well as the reference.
+    a single run cannot tell whether the project learns as well as the reference. A seed does not
+    give the two implementations the same data order, so the runs are compared as independent
+    samples: the difference of the means, and its standard error.
     """
+    if seeds < 2:
+        raise ValueError(f"The accuracy comparison needs at least 2 seeds; got {seeds}.")
     results: dict[str, Any] = {"epochs": epochs, "seeds": list(range(1, seeds + 1))}
     for name in ACCURACY_VARIANTS:
         accuracies = [
@@ -105,7 +109,7 @@ def bench_accuracy(*, quick: bool, epochs: int, seeds: int) -> dict[str, Any]:
         ]
         results[f"{name}_accuracies"] = accuracies
         results[f"{name}_mean"] = float(np.mean(accuracies))
-        results[f"{name}_std"] = float(np.std(accuracies, ddof=1)) if seeds > 1 else 0.0
+        results[f"{name}_std"] = float(np.std(accuracies, ddof=1))
         print(f"  {name:32s} mean {results[f'{name}_mean']:.4f} over {seeds} seeds", flush=True)
     for name in ACCURACY_VARIANTS[1:]:
         # Points of accuracy, and the standard error of that difference of two means.
@@ -193,6 +197,8 @@ def main() -> None:
         "--skip", nargs="*", default=[], choices=["augment", "train", "accuracy", "memory", "noop"]
     )
     args = parser.parse_args()
+    if "accuracy" not in args.skip and args.accuracy_seeds < 2:
+        parser.error(f"--accuracy-seeds must be at least 2; got {args.accuracy_seeds}.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (ROOT / "benchmarks/results").mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
@@ -219,10 +225,15 @@ def main() -> None:
         results["accuracy"] = bench_accuracy(
             quick=args.quick, epochs=args.accuracy_epochs, seeds=args.accuracy_seeds
         )
-        print_row(
-            f"accuracy after {args.accuracy_epochs} epochs",
-            results["accuracy"],
-            "project_minus_reference_points",
+        accuracy = results["accuracy"]
+        print(
+            f"accuracy after {args.accuracy_epochs} epoch(s), {args.accuracy_seeds} seeds: "
+            f"project {accuracy['project_minus_reference_points']:+.2f} points against the "
+            f"reference (standard error "
+            f"{accuracy['project_minus_reference_standard_error']:.2f}); with the reference's "
+            f"constant rate "
+            f"{accuracy['project_constant_learning_rate_minus_reference_points']:+.2f}",
+            flush=True,
         )
     if "noop" not in args.skip and not args.quick:
         results["noop_repro"] = bench_noop_repro()

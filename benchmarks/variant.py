@@ -19,7 +19,7 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any] | None]] = {
     "reference": ({}, None),
     "reference_onednn": ({"TF_ENABLE_ONEDNN_OPTS": "1"}, None),
     "project": ({}, {}),
-    # The reference's fixed rate: the same math as the reference, for the accuracy comparison.
+    # The project with the reference's fixed learning rate, for the accuracy comparison.
     "project_constant_learning_rate": ({}, {"learning_rate_schedule": "constant"}),
     "project_onednn_off": ({"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),
     "project_steps_per_execution_1": ({}, {"steps_per_execution": 1}),

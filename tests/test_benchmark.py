@@ -48,4 +48,4 @@ def test_benchmark_quick_run_writes_json(tmp_path):
         assert accuracy[f"{key}_mean"] == pytest.approx(sum(accuracy[f"{key}_accuracies"]) / 2)
     assert accuracy["project_minus_reference_standard_error"] >= 0
     assert "augment" in result.stdout and "training" in result.stdout
-    assert "accuracy after 1 epochs" in result.stdout
+    assert "accuracy after 1 epoch(s), 2 seeds: project" in result.stdout

@@ -41,9 +41,9 @@ print(json.dumps(results))
 """
 
 
-# The regularized model's fused batch norm updates its moving averages in each replica, from
-# per-replica batches of 10, which slows its first epoch: it gets 3. One process per model: a
-# second MirroredStrategy in the same process reuses the first one's collective keys.
+# The regularized model covers the fused batch norm under the strategy. Its statistics come from
+# each replica's batch of 10, as with Keras's own layer, which slows the first epoch: it gets 3.
+# One process per model: a second MirroredStrategy in one process reuses the first one's keys.
 @pytest.mark.parametrize(("model", "epochs"), [("baseline", 1), ("regularized", 3)])
 def test_mirrored_strategy_over_two_logical_cpus_learns_like_one_device(model, epochs):
     result = subprocess.run(
