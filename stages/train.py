@@ -30,29 +30,40 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 MODEL_NAMES = ("baseline", "regularized")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+# Batches gathered ahead of the model: enough to cover a hiccup of the gathering thread.
 PREFETCH_BATCHES = 8
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
     """Keras's batch normalisation, trained with TensorFlow's fused kernel.
 
-    The same math as the base layer: outputs are normalised with the batch's biased variance,
-    and the moving averages are updated with it too. Keras 3 computes it op by op, which on
-    small tensors costs more than the fused kernel (see the README's performance section).
+    The same math as the base layer, up to float rounding: outputs are normalised with the
+    batch's biased variance, and the moving averages are updated with it too. Keras 3 computes
+    it op by op, which on small tensors costs more than the fused kernel (see the README's
+    performance section).
     Inference, and any input the fused kernel does not take, goes through the base layer.
     """
 
     def call(self, inputs: tf.Tensor, training: bool | None = None, mask: Any = None) -> Any:
-        fusable = len(inputs.shape) == 4 and self.axis in (-1, 3) and mask is None
-        if not (training and self.trainable and fusable and not self.renorm):
+        # The fused kernel takes NHWC tensors, both gamma and beta, and per-replica statistics.
+        fusable = (
+            len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and mask is None
+            and self.scale
+            and self.center
+            and not self.renorm
+            and not self.synchronized
+        )
+        if not (training and self.trainable and fusable):
             return super().call(inputs, training=training, mask=mask)
         # Batch norm overflows in float16, so it computes in float32, as the base layer does.
         x = tf.cast(inputs, "float32")
         outputs, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=x,
-            # Under mixed precision Keras hands the layer float16 copies of these.
-            scale=tf.cast(self.gamma, "float32"),
-            offset=tf.cast(self.beta, "float32"),
+            # gamma and beta stay float32 under mixed precision (Keras creates them so).
+            scale=self.gamma,
+            offset=self.beta,
             mean=tf.zeros([0]),
             variance=tf.zeros([0]),
             epsilon=self.epsilon,

@@ -9,7 +9,14 @@ import tensorflow as tf
 
 from stages.io import StageError
 from stages.params import ParamsError
-from stages.train import build_model, is_chief, make_dataset, plain_layers, run
+from stages.train import (
+    FusedBatchNormalization,
+    build_model,
+    is_chief,
+    make_dataset,
+    plain_layers,
+    run,
+)
 from tests.conftest import synthetic_digits
 
 
@@ -83,6 +90,16 @@ def test_fused_batch_norm_trains_like_keras_batch_norm_and_saves_as_it(tmp_path)
     loaded = keras.models.load_model(tmp_path / "model.keras")
     expected = fused.predict(images, verbose=0)
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
+@pytest.mark.parametrize("options", [{"scale": False}, {"center": False}, {"synchronized": True}])
+def test_fused_batch_norm_falls_back_to_keras_where_the_kernel_does_not_fit(options):
+    inputs = tf.reshape(tf.range(2 * 3 * 3 * 4, dtype="float32") ** 0.5, (2, 3, 3, 4))
+    plain = keras.layers.BatchNormalization(momentum=0.9, **options)
+    fused = FusedBatchNormalization(momentum=0.9, **options)
+    np.testing.assert_allclose(fused(inputs, training=True), plain(inputs, training=True))
+    for weight, plain_weight in zip(fused.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_allclose(weight, plain_weight)
 
 
 def test_fused_batch_norm_trains_under_mixed_precision():
