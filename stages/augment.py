@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages import io, params
+from mnist_cnn import io, params
 
 # (dy, dx) in scipy.ndimage.shift's convention: right, left, down, up.
 SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))

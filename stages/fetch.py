@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import io, params
+from mnist_cnn import io, params
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK_BYTES = 1 << 16

@@ -1,4 +1,4 @@
-"""Validate the IDX files, join all images and split them into train, validation and test."""
+"""Stage split: validate the IDX files and split MNIST into train, validation and test parts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages import io, params
+from mnist_cnn import io, params
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -60,9 +60,9 @@ def read_labels(path: Path) -> np.ndarray:
     return labels
 
 
-def load_mnist(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All images and labels, the training files first, then the test files."""
-    images, labels = [], []
+def load_mnist(raw_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MNIST's two files as (images, labels): "train" (60,000 images) and "t10k" (10,000)."""
+    parts = {}
     for images_name, labels_name in SOURCES:
         x = read_images(raw_dir / images_name)
         y = read_labels(raw_dir / labels_name)
@@ -71,15 +71,45 @@ def load_mnist(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
                 f"{raw_dir / labels_name}: holds {len(y)} labels but "
                 f"{raw_dir / images_name} holds {len(x)} images"
             )
-        images.append(x)
-        labels.append(y)
-    return np.concatenate(images), np.concatenate(labels)
+        parts[images_name.split("-")[0]] = (x, y)
+    return parts
 
 
 def split(
-    images: np.ndarray, labels: np.ndarray, *, seed: int, test_size: int, validation_size: int
+    mnist: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    protocol: str,
+    seed: int,
+    test_size: int,
+    validation_size: int,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Permute all images with `seed`; the first `test_size` are the test set, then validation."""
+    """The test, validation and train parts of MNIST under `protocol`.
+
+    article: all images (the training file's, then t10k's) are permuted with `seed`; the first
+    `test_size` are the test set, the next `validation_size` the validation set.
+    official: t10k, in file order, is the test set; the training file's images are permuted
+    with `seed`, the first `validation_size` are the validation set.
+    """
+    if protocol == "official":
+        if test_size != len(mnist["t10k"][0]):
+            raise params.ParamsError(
+                f"The 'split.test_size' parameter must be {len(mnist['t10k'][0])} (the t10k "
+                f"file) under split.protocol official; got {test_size}."
+            )
+        images, labels = mnist["train"]
+        if validation_size >= len(images):
+            raise params.ParamsError(
+                f"The 'split.validation_size' parameter must leave training data: the training "
+                f"file holds {len(images)} images; got {validation_size}."
+            )
+        order = np.random.default_rng(seed).permutation(len(images))
+        return {
+            "test": mnist["t10k"],
+            "validation": (images[order[:validation_size]], labels[order[:validation_size]]),
+            "train": (images[order[validation_size:]], labels[order[validation_size:]]),
+        }
+    images = np.concatenate([mnist["train"][0], mnist["t10k"][0]])
+    labels = np.concatenate([mnist["train"][1], mnist["t10k"][1]])
     total = len(images)
     if test_size >= total:
         raise params.ParamsError(
@@ -107,8 +137,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args()
     config = params.load(args.params)["split"]
-    images, labels = load_mnist(args.raw_dir)
-    parts = split(images, labels, **config)
+    parts = split(load_mnist(args.raw_dir), **config)
     for name, (x, y) in parts.items():
         io.save_npy(args.out_dir / f"{name}_images.npy", x)
         io.save_npy(args.out_dir / f"{name}_labels.npy", y)

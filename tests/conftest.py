@@ -109,9 +109,10 @@ def make_project(destination: Path, params: dict) -> Path:
     destination.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, destination / name)
-    shutil.copytree(
-        ROOT / "stages", destination / "stages", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("stages", "mnist_cnn"):
+        shutil.copytree(
+            ROOT / package, destination / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git(destination, "init", "-q")
     git(destination, "config", "user.name", "test")

@@ -13,11 +13,11 @@ def test_score_accuracy_and_loss():
     logits = np.pad(logits, ((0, 0), (0, 7)), constant_values=-10)
     labels = np.array([0, 1, 2, 3])
     scores = score(logits, labels)
-    assert scores["accuracy"] == pytest.approx(0.75)
-    assert scores["misclassified"] == 1
+    assert scores["test_accuracy"] == pytest.approx(0.75)
+    assert scores["test_errors"] == 1
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     expected = -np.mean(np.log(probabilities[np.arange(4), labels]))
-    assert scores["loss"] == pytest.approx(expected, rel=1e-5)
+    assert scores["test_loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_predictions_table_has_the_confusion_columns():

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from stages.params import ParamsError, load, validate
+from mnist_cnn.params import ParamsError, load, validate
 from tests.conftest import ROOT
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -37,15 +37,15 @@ def test_dvc_repro_runs_every_stage(project):
     metrics = json.loads((project / "metrics/test.json").read_text())
     assert set(metrics) == {"baseline", "regularized"}
     for scores in metrics.values():
-        assert 0.0 <= scores["accuracy"] <= 1.0
-        assert scores["loss"] > 0
+        assert 0.0 <= scores["test_accuracy"] <= 1.0
+        assert scores["test_loss"] > 0
 
     shown = dvc(project, "metrics", "show").stdout
-    assert "baseline.accuracy" in shown and "regularized.accuracy" in shown
+    assert "baseline.test_accuracy" in shown and "regularized.test_accuracy" in shown
 
     # Nothing changed: a second repro runs no stage.
     assert "Running stage" not in dvc(project, "repro").stdout
 
     dvc(project, "exp", "run", "-S", "train.epochs=2")
     table = dvc(project, "exp", "show", "--no-pager", "--csv").stdout
-    assert "baseline.accuracy" in table and "train.epochs" in table
+    assert "baseline.test_accuracy" in table and "train.epochs" in table

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from stages.params import ParamsError
+from mnist_cnn.params import ParamsError
 from stages.split import DataError, load_mnist, read_images, read_labels, split
 from tests.conftest import idx_bytes
 

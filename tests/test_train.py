@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stages.io import StageError
-from stages.params import ParamsError
+from mnist_cnn.io import StageError
+from mnist_cnn.params import ParamsError
 from stages.train import (
     FusedBatchNormalization,
     build_model,

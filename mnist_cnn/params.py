@@ -1,7 +1,8 @@
-"""Load params.yaml and validate every key before a stage does any work."""
+"""Load params.yaml, validate every key before a stage does any work, type the train knobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +103,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "sha256": _sha256s,
     },
     "split": {
+        "protocol": _choice("article", "official"),
         "seed": _integer(0),
         "test_size": _integer(1),
         "validation_size": _integer(0),
@@ -126,6 +128,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "jit_compile": _auto_or_boolean,
         "strategy": _choice("auto", "default", "mirrored", "multi_worker"),
         "restore_best_weights": _boolean,
+        "threads": _integer(0),
     },
     "evaluate": {
         "batch_size": _integer(1),
@@ -157,6 +160,12 @@ def validate(params: Any, *, source: str = "params.yaml") -> dict[str, dict[str,
             if key not in values:
                 raise ParamsError(f"{source} is missing the key '{section}.{key}'.")
             check(f"{section}.{key}", values[key])
+    train = params["train"]
+    if train["jit_compile"] is True and train["deterministic"]:
+        raise ParamsError(
+            "The 'train.jit_compile' parameter must be auto or false while 'train.deterministic' "
+            "is true (Keras turns XLA off under op determinism); got True."
+        )
     return params
 
 
@@ -172,3 +181,43 @@ def load(path: str | Path = "params.yaml") -> dict[str, dict[str, Any]]:
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}".replace("\n", " ")) from error
     return validate(params, source=str(path))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section of params.yaml, validated and typed; params.yaml holds every default."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    learning_rate_schedule: str
+    seed: int
+    dropout_rate: float
+    dropout_after_first_pool: bool
+    batch_norm_momentum: float
+    fused_batch_norm: bool
+    steps_per_execution: int
+    deterministic: bool
+    mixed_precision: str | bool
+    jit_compile: str | bool
+    strategy: str
+    restore_best_weights: bool
+    threads: int
+
+    @classmethod
+    def from_params(cls, params: dict[str, dict[str, Any]]) -> TrainConfig:
+        """The training configuration of already validated params."""
+        return cls(**params["train"])
+
+    @classmethod
+    def load(cls, path: str | Path = "params.yaml") -> TrainConfig:
+        """Read, validate and type the `train` section of a params file."""
+        return cls.from_params(load(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some keys changed, validated as params.yaml's values are."""
+        for key, value in changes.items():
+            if key not in SCHEMA["train"]:
+                raise ParamsError(f"TrainConfig has no key 'train.{key}'.")
+            SCHEMA["train"][key](f"train.{key}", value)
+        return dataclasses.replace(self, **changes)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.params import ParamsError
+from mnist_cnn.params import ParamsError
 
 
 class StageError(Exception):
