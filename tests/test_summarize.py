@@ -1,0 +1,426 @@
+"""The seed-sweep summary: statistics against scipy, grouping, merging, and real queued runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+from scipy import stats
+
+from commands import seed_groups, seed_report, summarize
+from commands.seed_statistics import Interval, t_interval, welch_interval
+from tests.conftest import ROOT, dvc
+
+CPU = "CPU (Intel(R) Xeon(R) Processor, 2 cores); TensorFlow 2.21.0; Keras 3.15.1"
+GPU = "GPU (NVIDIA L4); TensorFlow 2.21.0; Keras 3.15.1"
+DEFAULTS = {
+    "fetch": {"sha256": {"train-images": "aa"}},
+    "split": {"protocol": "article", "seed": 42, "test_size": 10000, "validation_size": 5000},
+    "augment": {"shifts": True, "flip_horizontal": True},
+    "train": {"epochs": 20, "seed": 42, "threads": 0, "dropout_rate": 0.5},
+}
+
+
+def digest(*parts) -> str:
+    return hashlib.md5(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def lock_for(params: dict, code: str) -> dict:
+    """A dvc.lock shaped like the project's, its data hashes following the params they use."""
+
+    def section(name: str, keys: list[str]) -> dict:
+        return {f"{name}.{key}": params[name][key] for key in keys}
+
+    split_hash = digest(params["split"], params["fetch"])
+    augment_hash = digest(split_hash, params["augment"])
+    train_keys = ["epochs", "seed", "threads"]
+    code_deps = [{"path": "stages/train.py", "hash": "md5", "md5": digest(code)}]
+    validation = [{"path": "data/split/validation_images.npy", "md5": digest(split_hash, "v")}]
+    return {
+        "stages": {
+            "fetch": {
+                "params": {"params.yaml": {"fetch.sha256": params["fetch"]["sha256"]}},
+                "outs": [{"path": "data/raw", "md5": "raw.dir"}],
+            },
+            "split": {
+                "deps": [{"path": "data/raw/train-images-idx3-ubyte", "md5": "x"}],
+                "params": {"params.yaml": section("split", list(params["split"]))},
+                "outs": [
+                    {"path": "data/split/train_images.npy", "md5": digest(split_hash, "t")},
+                    {"path": "data/split/validation_images.npy", "md5": digest(split_hash, "v")},
+                ],
+            },
+            "augment": {
+                "deps": [{"path": "data/split/train_images.npy", "md5": digest(split_hash, "t")}],
+                "params": {"params.yaml": section("augment", ["shifts", "flip_horizontal"])},
+                "outs": [{"path": "data/augment/train_images.npy", "md5": augment_hash}],
+            },
+            "train-baseline": {
+                "deps": code_deps
+                + [{"path": "data/split/train_images.npy", "md5": digest(split_hash, "t")}]
+                + validation,
+                "params": {"params.yaml": section("train", train_keys)},
+            },
+            "train-regularized": {
+                "deps": code_deps
+                + [{"path": "data/augment/train_images.npy", "md5": augment_hash}]
+                + validation,
+                "params": {"params.yaml": section("train", [*train_keys, "dropout_rate"])},
+            },
+        }
+    }
+
+
+def make_run(name, seed, accuracy, validation, *, code="v1", trained_on=CPU, **changes) -> dict:
+    """One experiment's record built by the command's own parser from a lock and metrics."""
+    params = json.loads(json.dumps(DEFAULTS))
+    params["train"].update(seed=seed, threads=1)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        params[section][key] = value
+    metrics = {"metrics/test.json": {}}
+    for model in ("baseline", "regularized"):
+        errors = round((1 - accuracy[model]) * 10000)
+        metrics["metrics/test.json"][model] = {
+            "test_accuracy": accuracy[model],
+            "test_loss": 0.02,
+            "test_errors": errors,
+        }
+        metrics[f"metrics/train/{model}/metrics.json"] = {
+            model: {"val_accuracy": validation[model], "saved_epoch": 7, "trained_on": trained_on}
+        }
+    return {
+        "experiment": name,
+        "experiment_rev": digest(name, code, trained_on, seed) + "00000000",
+        "baseline_rev": "b" * 40,
+        "seed": seed,
+        "models": summarize.model_entries(lock_for(params, code), metrics),
+    }
+
+
+# A sweep like the real one: the baseline's numbers depend only on protocol and seed, since it
+# reads no augment.* param; the regularized model's depend on the augmentation too.
+BASELINE = {"article": [0.9911, 0.9905, 0.9914], "official": [0.9902, 0.9897, 0.9909]}
+REGULARIZED = {
+    ("article", True, True): [0.9939, 0.9944, 0.9936],
+    ("article", False, True): [0.9947, 0.9942, 0.9950],
+    ("article", False, False): [0.9921, 0.9925, 0.9918],
+    ("official", True, True): [0.9941, 0.9934, 0.9938],
+}
+
+
+# The no-augmentation runs have the best validation accuracy and the worst test accuracy.
+VALIDATION = {"default": 0.995, "noflip": 0.996, "noaug": 0.997}
+
+
+VALIDATION_PAIR = {"baseline": 0.99, "regularized": 0.995}
+
+
+def sweep() -> list[dict]:
+    runs = []
+    for (protocol, flip, shifts), values in REGULARIZED.items():
+        label = {(True, True): "default", (False, True): "noflip", (False, False): "noaug"}
+        config = label[flip, shifts]
+        for index, seed in enumerate((1, 2, 3)):
+            runs.append(
+                make_run(
+                    f"{protocol[:3]}-{config}-s{seed}",
+                    seed,
+                    {"baseline": BASELINE[protocol][index], "regularized": values[index]},
+                    {"baseline": 0.990, "regularized": VALIDATION[config]},
+                    split__protocol=protocol,
+                    augment__flip_horizontal=flip,
+                    augment__shifts=shifts,
+                )
+            )
+    return runs
+
+
+def by_model(groups) -> dict[str, list]:
+    result: dict[str, list] = {"baseline": [], "regularized": []}
+    for group in groups:
+        result[group.model].append(group)
+    return result
+
+
+def test_t_interval_matches_scipy():
+    values = [0.9931, 0.9942, 0.9938, 0.9935]
+    interval = t_interval(values)
+    expected = stats.t.interval(0.95, len(values) - 1, loc=sum(values) / 4, scale=stats.sem(values))
+    assert interval.n == 4
+    assert interval.mean == pytest.approx(sum(values) / 4, abs=1e-15)
+    assert interval.sd == pytest.approx(stats.tstd(values), rel=1e-12)
+    assert (interval.low, interval.high) == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_run_has_no_interval():
+    assert t_interval([0.9939]) == Interval(1, 0.9939, None, None, None)
+    difference = welch_interval([0.9939], [0.9911, 0.9905])
+    assert difference.difference == pytest.approx(0.9939 - 0.9908)
+    assert (difference.low, difference.high, difference.excludes_zero) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ([0.9939, 0.9944, 0.9936, 0.9941], [0.9921, 0.9925, 0.9918]),  # Excludes zero.
+        ([0.9939, 0.9954, 0.9926], [0.9947, 0.9942, 0.9950, 0.9931, 0.9945]),  # Includes it.
+    ],
+)
+def test_welch_interval_matches_scipy(first, second):
+    result = welch_interval(first, second)
+    expected = stats.ttest_ind(first, second, equal_var=False)
+    interval = expected.confidence_interval(0.95)
+    assert result.difference == pytest.approx(sum(first) / len(first) - sum(second) / len(second))
+    assert result.dof == pytest.approx(expected.df, rel=1e-12)
+    assert (result.low, result.high) == pytest.approx((interval.low, interval.high), rel=1e-12)
+    assert result.excludes_zero == (expected.pvalue < 0.05)
+
+
+def test_baseline_groups_ignore_augment_and_count_each_seed_once():
+    groups = by_model(seed_groups.group_runs(sweep()))
+    # Baseline: one group per protocol, not per augmentation; repeats of a seed count once.
+    assert sorted(group.protocol for group in groups["baseline"]) == ["article", "official"]
+    for group in groups["baseline"]:
+        assert [run["seed"] for run in group.runs] == [1, 2, 3]
+        values = group.values("test", "test_accuracy")
+        assert values == BASELINE[group.protocol]
+    article = next(group for group in groups["baseline"] if group.protocol == "article")
+    assert [run["experiment"] for run in article.runs] == [f"art-default-s{s}" for s in (1, 2, 3)]
+    assert len(article.repeats) == 6 and all(repeat["identical"] for repeat in article.repeats)
+    # Regularized: the data hashes of each augmentation split it; the seed never does.
+    assert len(groups["regularized"]) == 4
+    assert {len(group.runs) for group in groups["regularized"]} == {3}
+    found = sorted(group.values("test", "test_accuracy") for group in groups["regularized"])
+    assert found == sorted(REGULARIZED.values())
+
+
+def test_device_and_code_never_share_a_group_and_comparisons_say_so():
+    accuracy = {"baseline": 0.9911, "regularized": 0.9939}
+    validation = {"baseline": 0.99, "regularized": 0.995}
+    runs = [
+        make_run("cpu-s1", 1, accuracy, validation),
+        make_run("cpu-s2", 2, accuracy, validation),
+        make_run("gpu-s1", 1, accuracy, validation, trained_on=GPU, augment__flip_horizontal=False),
+        make_run("gpu-s2", 2, accuracy, validation, trained_on=GPU, augment__flip_horizontal=False),
+        make_run("new-s1", 1, accuracy, validation, code="v2"),
+    ]
+    groups = by_model(seed_groups.group_runs(runs))
+    assert len(groups["baseline"]) == 3 and len(groups["regularized"]) == 3
+    assert {group.trained_on for group in groups["baseline"]} == {CPU, GPU}
+    rows = seed_groups.compare(seed_groups.group_runs(runs), DEFAULTS)
+    flips = [row for row in rows if row["second"].params["augment.flip_horizontal"] is False]
+    # The default config matches two groups (old and new code): one comparison each.
+    assert len(flips) == 2
+    assert all(any(note.startswith("trained on") for note in row["notes"]) for row in flips)
+    code = [note for row in flips for note in row["notes"] if note.startswith("different code")]
+    assert code == ["different code: stages/train.py"]
+    # Baseline "default" is three groups (it reads no augment.* param), regularized two.
+    models = [row for row in rows if row["first"].model == "baseline"]
+    assert len(models) == 6
+    for row in models:
+        first, second = row["first"], row["second"]
+        alike = (
+            first.trained_on == second.trained_on
+            and first.deps["stages/train.py"] == (second.deps["stages/train.py"])
+        )
+        assert (row["notes"] == []) == alike, row["notes"]
+
+
+def test_summary_names_configs_and_computes_every_interval():
+    summary = seed_report.summarize(sweep(), DEFAULTS)
+    assert summary["common_params"] == {"train.threads": 1}
+    configs = {(group["model"], group["protocol"], group["config"]) for group in summary["groups"]}
+    assert configs == {
+        ("baseline", "article", "default"),
+        ("baseline", "official", "default"),
+        ("regularized", "article", "default"),
+        ("regularized", "article", "augment.flip_horizontal=false"),
+        ("regularized", "article", "augment.flip_horizontal=false, augment.shifts=false"),
+        ("regularized", "official", "default"),
+    }
+    for group in summary["groups"]:
+        params, result = group["params"], group["test_accuracy"]
+        if group["model"] == "baseline":
+            values = BASELINE[group["protocol"]]
+        else:
+            flip, shifts = params["augment.flip_horizontal"], params["augment.shifts"]
+            values = REGULARIZED[group["protocol"], flip, shifts]
+        mean = sum(values) / 3
+        assert (result["n"], result["mean"]) == (3, pytest.approx(mean, abs=1e-15))
+        assert result["sd"] == pytest.approx(stats.tstd(values), rel=1e-12)
+        interval = stats.t.interval(0.95, 2, loc=mean, scale=stats.sem(values))
+        assert (result["ci_low"], result["ci_high"]) == pytest.approx(interval, rel=1e-12)
+        # One accuracy on 10,000 images at about 99.4 % is uncertain by about 0.15 points.
+        margin = 1.959964 * math.sqrt(mean * (1 - mean) / 1e4)
+        assert group["test_set_margin"] == pytest.approx(margin)
+        assert 0.0014 < group["test_set_margin"] < 0.0020
+    pairs = {
+        (row["protocol"], row["first_name"], row["second_name"]) for row in summary["comparisons"]
+    }
+    noflip, noaug = (
+        "regularized, augment.flip_horizontal=false",
+        "regularized, augment.flip_horizontal=false, augment.shifts=false",
+    )
+    assert pairs == {
+        ("article", "regularized, default", noflip),
+        ("article", "regularized, default", noaug),
+        ("article", noflip, noaug),
+        ("article", "baseline, default", "regularized, default"),
+        ("official", "baseline, default", "regularized, default"),
+    }
+    row = next(
+        row
+        for row in summary["comparisons"]
+        if row["second_name"] == noaug and row["first_name"] == "regularized, default"
+    )
+    expected = stats.ttest_ind(
+        REGULARIZED["article", True, True], REGULARIZED["article", False, False], equal_var=False
+    ).confidence_interval(0.95)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((expected.low, expected.high))
+    assert row["excludes_zero"] is True and row["notes"] == []
+
+
+def test_best_configuration_is_chosen_on_validation_not_test():
+    summary = seed_report.summarize(sweep(), DEFAULTS)
+    groups = {group["id"]: group for group in summary["groups"]}
+    noaug = "augment.flip_horizontal=false, augment.shifts=false"
+    best = groups[summary["best_on_validation"]["article"]]
+    assert (best["model"], best["config"]) == ("regularized", noaug)
+    article = [group for group in groups.values() if group["protocol"] == "article"]
+    best_test = max(article, key=lambda group: group["test_accuracy"]["mean"])
+    assert best_test["config"] == "augment.flip_horizontal=false"
+    official = groups[summary["best_on_validation"]["official"]]
+    assert (official["model"], official["config"]) == ("regularized", "default")
+    text = seed_report.markdown(summary, source="results/seeds.json")
+    assert f"- article: regularized, {noaug}" in text
+
+
+def test_markdown_states_scope_and_a_single_run_has_no_interval():
+    runs = sweep()[:1]
+    summary = seed_report.summarize(runs, DEFAULTS)
+    assert all(group["test_accuracy"]["ci_low"] is None for group in summary["groups"])
+    text = seed_report.markdown(summary, source="results/seeds.json")
+    assert "training seeds only" in text and "±0.15 points" in text
+    assert text.count("none: one run") == 2
+    assert "| baseline | article | default | 1 | 99.110 | none: one run |" in text
+
+
+def test_an_experiment_without_the_metrics_is_refused_by_name():
+    run = make_run("old", 1, {"baseline": 0.99, "regularized": 0.99}, VALIDATION_PAIR)
+    lock = lock_for(DEFAULTS, "v1")
+    old_format = {"metrics/test.json": {"baseline": {"accuracy": 0.99}}}
+    with pytest.raises(summarize.SummaryError, match=r"metrics/test.json has no baseline.test_acc"):
+        summarize.model_entries(lock, old_format)
+    metrics = {"metrics/test.json": {name: entry["test"] for name, entry in run["models"].items()}}
+    with pytest.raises(summarize.SummaryError, match=r"baseline/metrics.json has no baseline.val"):
+        summarize.model_entries(lock, metrics)
+
+
+def test_merging_twice_adds_no_duplicates():
+    runs = sweep()
+    merged = summarize.merge_runs([], runs[:5])
+    again = summarize.merge_runs(merged, runs[:5])
+    assert again == merged and len(merged) == 5
+    grown = summarize.merge_runs(again, runs)
+    assert len(grown) == len(runs) == len({run["experiment_rev"] for run in grown})
+
+
+def run_command(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "commands.summarize", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_errors_are_one_line(tmp_path):
+    broken = tmp_path / "seeds.json"
+    broken.write_text("{not json")
+    for args, expected in (
+        (["--repo", str(tmp_path), "--json", str(broken)], str(broken)),
+        (["--repo", str(tmp_path), "--json", str(tmp_path / "new.json")], str(tmp_path)),
+    ):
+        result = run_command(*args)
+        assert result.returncode == 1
+        assert result.stderr.startswith("error: ") and expected in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def wait_for_experiments(project, count: int, deadline: float) -> dict[str, str]:
+    """Poll `dvc exp show` until `count` experiments succeeded; restart a queue worker that left
+    queued experiments behind (the celery filesystem broker can stop a worker early)."""
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+        states = {
+            exp_range["name"]: (exp_range.get("executor") or {}).get("state", "success")
+            for baseline in shown
+            for exp_range in baseline.get("experiments") or []
+        }
+        assert "failed" not in states.values(), states
+        if list(states.values()).count("success") == count:
+            return states
+        if "running" not in states.values() and "queued" in states.values():
+            dvc(project, "queue", "start", "-j", "1")
+        time.sleep(2)
+    raise AssertionError(f"experiments not finished in time: {states}")
+
+
+def git_output(cwd, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_summarizes_real_queued_experiments(project, tmp_path):
+    for seed in (1, 2):
+        dvc(project, "exp", "run", "--queue", "-S", f"train.seed={seed}", "-n", f"seed-{seed}")
+    dvc(project, "queue", "start", "-j", "1")
+    try:
+        wait_for_experiments(project, 2, time.monotonic() + 900)
+    finally:
+        dvc(project, "queue", "stop", check=False)
+    output, report = tmp_path / "seeds.json", tmp_path / "seeds.md"
+    args = ["--repo", str(project), "--json", str(output), "--markdown", str(report)]
+    # First only seed-1 (TensorFlow must never load), then everything: the JSON gains seed-2.
+    code = (
+        "import sys; from commands import summarize; summarize.main(sys.argv[1:]); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    first = subprocess.run(
+        [sys.executable, "-c", code, *args, "--name", "seed-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr
+    assert [run["experiment"] for run in json.loads(output.read_text())["runs"]] == ["seed-1"]
+    second = run_command(*args)
+    assert second.returncode == 0 and "2 runs (1 new)" in second.stdout, second.stderr
+    summary = json.loads(output.read_text())
+    groups = {group["model"]: group for group in summary["groups"]}
+    assert set(groups) == {"baseline", "regularized"} and len(summary["groups"]) == 2
+    assert {group["test_accuracy"]["n"] for group in groups.values()} == {2}
+    assert sorted(groups["baseline"]["seeds"]) == [1, 2]
+    head = git_output(project, "rev-parse", "HEAD").strip()
+    assert sorted(run["experiment"] for run in summary["runs"]) == ["seed-1", "seed-2"]
+    for run in summary["runs"]:
+        rev = run["experiment_rev"]
+        assert run["baseline_rev"] == head
+        ref = f"refs/exps/{head[:2]}/{head[2:]}/{run['experiment']}"
+        assert git_output(project, "rev-parse", ref).strip() == rev
+        test = json.loads(git_output(project, "show", f"{rev}:metrics/test.json"))
+        for model, entry in run["models"].items():
+            train = git_output(project, "show", f"{rev}:metrics/train/{model}/metrics.json")
+            assert entry["test"] == test[model]
+            assert entry["train"] == json.loads(train)[model]
+            assert entry["params"]["train.seed"] == run["seed"]
+    assert "| baseline | article | default | 2 |" in report.read_text()
+    # Once more: nothing new, no duplicates.
+    third = run_command(*args)
+    assert third.returncode == 0 and "2 runs (0 new)" in third.stdout, third.stderr
+    assert json.loads(output.read_text())["runs"] == summary["runs"]
