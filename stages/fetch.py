@@ -18,6 +18,18 @@ from mnist_cnn import io, params
 
 MIRROR_ENV = "MNIST_MIRROR"
 CHUNK_BYTES = 1 << 16
+# The last line of a failed fetch: what to do next, which depends on why it failed.
+OFFLINE_HINT = (
+    "No mirror served {file}. If this machine is offline, download the four MNIST .gz files "
+    f"elsewhere, put them in one folder here, set {MIRROR_ENV}=/path/to/that/folder (a URL "
+    "works too) and rerun `dvc repro`."
+)
+MISMATCH_HINT = (
+    "A mirror served a file that is not MNIST's: its sha256 differs from fetch.sha256 in "
+    "params.yaml (another data set or a damaged copy). Put MNIST's original .gz files in a "
+    f"folder, set {MIRROR_ENV}=/path/to/that/folder and rerun `dvc repro`; do not change "
+    "fetch.sha256 to match."
+)
 
 
 class FetchError(io.StageError):
@@ -82,6 +94,7 @@ def fetch_file(
 ) -> bytes:
     """Return the decompressed content of `name`.gz from the first mirror that verifies."""
     reasons = []
+    mismatched = False
     for mirror in mirrors:
         url = f"{mirror.rstrip('/')}/{name}.gz"
         try:
@@ -92,6 +105,7 @@ def fetch_file(
             continue
         digest = sha256_of(content)
         if digest != expected_sha256:
+            mismatched = True
             reasons.append(
                 f"{url}: checksum mismatch "
                 f"(expected {expected_sha256[:12]}..., got {digest[:12]}...)"
@@ -99,7 +113,8 @@ def fetch_file(
             continue
         return content
     details = "\n  ".join(reasons) if reasons else "no mirrors configured"
-    raise FetchError(f"could not fetch {name}.gz from any mirror:\n  {details}")
+    hint = MISMATCH_HINT if mismatched else OFFLINE_HINT.format(file=f"{name}.gz")
+    raise FetchError(f"could not fetch {name}.gz from any mirror:\n  {details}\n{hint}")
 
 
 def fetch_all(

@@ -14,7 +14,32 @@ import yaml
 from stages.fetch import FetchError, fetch_all, fetch_file, mirror_candidates
 from tests.conftest import ROOT, synthetic_mnist, tiny_params
 
+DEFAULT_SHA256 = yaml.safe_load((ROOT / "params.yaml").read_text())["fetch"]["sha256"]
+
 NAME = "train-labels-idx1-ubyte"
+OFFLINE = "If this machine is offline"
+MISMATCH = "its sha256 differs from fetch.sha256"
+
+
+def offline_hint(name: str) -> str:
+    return (
+        f"No mirror served {name}.gz. If this machine is offline, download the four MNIST .gz "
+        "files elsewhere, put them in one folder here, set MNIST_MIRROR=/path/to/that/folder "
+        "(a URL works too) and rerun `dvc repro`."
+    )
+
+
+@pytest.fixture
+def refusing_url():
+    """A loopback URL that refuses connections, as an unreachable host does offline.
+
+    A bound socket that never listens makes the kernel refuse connections to its port, and
+    keeping it bound stops anything else from taking the port meanwhile.
+    """
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    yield f"http://127.0.0.1:{closed.getsockname()[1]}/mnist/"
+    closed.close()
 
 
 @pytest.fixture
@@ -62,15 +87,46 @@ def test_every_mirror_failing_names_file_and_reasons(http_server, served):
     assert "forbidden" in message and "HTTP 403" in message
     assert "HTTP 404" in message
     assert "truncated body" in message
-    assert len(message.splitlines()) == 1 + len(mirrors)
+    # One line naming the file, one per mirror, then what to do next.
+    assert len(message.splitlines()) == 2 + len(mirrors)
+    assert message.splitlines()[-1] == offline_hint(NAME)
+    assert MISMATCH not in message
+
+
+def test_no_mirror_at_all_says_where_to_put_the_files():
+    with pytest.raises(FetchError) as error:
+        fetch_file(name=NAME, expected_sha256="0" * 64, mirrors=[], timeout_seconds=5)
+    assert str(error.value).splitlines() == [
+        f"could not fetch {NAME}.gz from any mirror:",
+        "  no mirrors configured",
+        offline_hint(NAME),
+    ]
 
 
 def test_wrong_content_is_refused(http_server, served):
     base, _, sha = served
     other = gzip.compress(synthetic_mnist(train=300, test=100, seed=9)[NAME])
     http_server.routes = {f"/fashion/{NAME}.gz": (200, other, None)}
-    with pytest.raises(FetchError, match="checksum mismatch"):
+    with pytest.raises(FetchError) as error:
         fetch_file(name=NAME, expected_sha256=sha, mirrors=[f"{base}/fashion"], timeout_seconds=5)
+    lines = str(error.value).splitlines()
+    assert "checksum mismatch" in lines[1] and len(lines) == 3
+    assert MISMATCH in lines[2] and "MNIST_MIRROR=" in lines[2]
+    assert OFFLINE not in str(error.value)
+
+
+def test_wrong_content_beside_unreachable_mirrors_is_named_as_wrong_content(
+    http_server, served, refusing_url
+):
+    base, _, sha = served
+    other = gzip.compress(synthetic_mnist(train=300, test=100, seed=9)[NAME])
+    http_server.routes = {f"/fashion/{NAME}.gz": (200, other, None)}
+    mirrors = [refusing_url, f"{base}/fashion", refusing_url]
+    with pytest.raises(FetchError) as error:
+        fetch_file(name=NAME, expected_sha256=sha, mirrors=mirrors, timeout_seconds=5)
+    lines = str(error.value).splitlines()
+    assert [line.count("unreachable") for line in lines[1:4]] == [1, 0, 1]
+    assert MISMATCH in lines[-1] and OFFLINE not in str(error.value)
 
 
 def test_hanging_mirror_times_out_then_next_is_tried(http_server, served, tiny_files):
@@ -130,5 +186,32 @@ def test_stage_exits_non_zero_with_one_clear_error(tmp_path, tiny_mirror):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: could not fetch {NAME}.gz from any mirror")
     assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+    assert MISMATCH in result.stderr.splitlines()[-1] and OFFLINE not in result.stderr
     assert not (out / NAME).exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_stage_offline_tells_what_to_do(tmp_path, refusing_url):
+    """Without MNIST_MIRROR and with no mirror reachable, the error ends with the way out."""
+    mirrors = [refusing_url, (tmp_path / "no such folder").as_uri()]
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(tiny_params(sha256=DEFAULT_SHA256, fetch={"mirrors": mirrors}))
+    )
+    out = tmp_path / "raw"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.fetch", "--params", str(params), "--out-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": ""},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # The stage fetches the files in the order params.yaml lists them and stops at the first.
+    first = next(iter(yaml.safe_load(params.read_text())["fetch"]["sha256"]))
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: could not fetch {first}.gz from any mirror:"
+    assert lines[1].startswith(f"  {refusing_url}{first}.gz: unreachable (")
+    assert lines[2].startswith(f"  {mirrors[1]}/{first}.gz: unreachable (")
+    assert lines[3:] == [offline_hint(first)]
+    assert not out.exists() or not list(out.iterdir())

@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from mnist_cnn.params import ParamsError, load, validate
+from mnist_cnn.params import ParamsError, TrainConfig, load, validate
 from tests.conftest import ROOT
 
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -53,6 +53,16 @@ BAD = [
     (("split", "test_size", -5), "'split.test_size' parameter must be an integer >= 1; got -5"),
     (("split", "validation_size", -1), "'split.validation_size' parameter must be an integer >= 0"),
     (("split", "seed", "abc"), "'split.seed' parameter must be an integer >= 0"),
+    (
+        ("split", "protocol", "kaggle"),
+        "The 'split.protocol' parameter must be one of article, official; got 'kaggle'.",
+    ),
+    (("split", "protocol", True), "'split.protocol' parameter must be one of article, official"),
+    (("split", "protocol", None), "'split.protocol' parameter must be one of article, official"),
+    (("train", "threads", -1), "The 'train.threads' parameter must be an integer >= 0; got -1."),
+    (("train", "threads", 1.5), "'train.threads' parameter must be an integer >= 0; got 1.5"),
+    (("train", "threads", True), "'train.threads' parameter must be an integer >= 0; got True"),
+    (("train", "threads", "all"), "'train.threads' parameter must be an integer >= 0; got 'all'"),
     (("augment", "shifts", [[2, 0]]), "'augment.shifts' parameter must be true or false"),
     (
         ("augment", "flip_horizontal", 1),
@@ -106,6 +116,59 @@ def test_missing_section_and_key():
     del params["train"]["seed"]
     with pytest.raises(ParamsError, match="missing the key 'train.seed'"):
         validate(params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("split", "protocol", "article"),
+        ("split", "protocol", "official"),
+        ("train", "threads", 0),
+        ("train", "threads", 1),
+        ("train", "threads", 64),
+    ],
+)
+def test_good_value(section, key, value):
+    assert validate(with_value(section, key, value))[section][key] == value
+
+
+def with_train(**values):
+    params = copy.deepcopy(DEFAULTS)
+    params["train"].update(values)
+    return params
+
+
+def test_jit_compile_true_is_refused_under_determinism():
+    with pytest.raises(ParamsError) as error:
+        validate(with_train(jit_compile=True, deterministic=True))
+    assert str(error.value) == (
+        "The 'train.jit_compile' parameter must be auto or false while 'train.deterministic' "
+        "is true (Keras turns XLA off under op determinism); got True."
+    )
+    # Every other combination is valid.
+    for jit_compile in ("auto", True, False):
+        for deterministic in (True, False):
+            if not (jit_compile is True and deterministic):
+                params = with_train(jit_compile=jit_compile, deterministic=deterministic)
+                assert validate(params)["train"]["jit_compile"] == jit_compile
+
+
+def test_params_from_before_protocols_and_threads_are_told_what_is_missing():
+    for section, key in (("split", "protocol"), ("train", "threads")):
+        params = copy.deepcopy(DEFAULTS)
+        del params[section][key]
+        with pytest.raises(ParamsError) as error:
+            validate(params)
+        assert str(error.value) == f"params.yaml is missing the key '{section}.{key}'."
+
+
+def test_train_config_reads_and_checks_threads(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(with_train(threads=3)))
+    config = TrainConfig.load(path)
+    assert config.threads == 3 and config.replace(threads=1).threads == 1
+    with pytest.raises(ParamsError, match=r"^The 'train.threads' parameter .* >= 0; got -2.$"):
+        config.replace(threads=-2)
 
 
 def test_defaults_are_valid_and_files_are_named(tmp_path):
