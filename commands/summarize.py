@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from commands import seed_groups, seed_report
+from commands import seed_groups, seed_readme, seed_report
 from mnist_cnn import io
 
 TEST_METRICS = "metrics/test.json"
@@ -167,7 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repo", type=Path, default=Path("."), help="the DVC repository")
     parser.add_argument("--json", type=Path, default=Path("results/seeds.json"))
-    parser.add_argument("--markdown", type=Path, default=Path("results/seeds.md"))
+    parser.add_argument("--markdown", type=Path, default=Path("docs/results.md"))
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        help="also rewrite the results table between this file's results markers (README.md)",
+    )
     parser.add_argument(
         "--rev",
         action="append",
@@ -187,6 +192,13 @@ def main(argv: list[str] | None = None) -> None:
     summary = seed_report.summarize(runs, defaults)
     io.write_text(args.json, json.dumps({**summary, "runs": runs}, indent=1) + "\n")
     io.write_text(args.markdown, seed_report.markdown(summary, source=args.json))
+    if args.readme is not None:
+        try:
+            readme = args.readme.read_text()
+            block = seed_readme.readme_block(summary, details=str(args.markdown))
+            io.write_text(args.readme, seed_readme.replace_readme_block(readme, block))
+        except (OSError, ValueError) as error:
+            raise SummaryError(f"{args.readme}: {error}") from None
     added = len(
         {run["experiment_rev"] for run in new} - {run["experiment_rev"] for run in existing}
     )

@@ -1,0 +1,1 @@
+"""User commands that are not pipeline stages: `python -m commands.<name> --help`."""
