@@ -58,9 +58,9 @@ def main() -> None:
     names, digits, failures = [], [], 0
     for path in args.images:
         try:
-            digits.append(serving.load_digit(path))
+            digits.append(digits.load_digit(path))
             names.append(str(path))
-        except serving.ImageError as error:
+        except digits.ImageError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             failures += 1
     if digits:
