@@ -10,7 +10,7 @@ import numpy as np
 
 # mnist_cnn first: it sets TensorFlow's environment. TensorFlow itself loads only after every
 # input is checked, so their errors come before its start-up log instead of buried in it.
-from mnist_cnn import io, serving
+from mnist_cnn import digits, io, serving
 
 TOP = 3
 DESCRIPTION = """\
@@ -55,16 +55,16 @@ def main() -> None:
     parser.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="PNG or JPEG file")
     args = parser.parse_args()
     serving.check_model_path(args.model)
-    names, digits, failures = [], [], 0
+    names, images, failures = [], [], 0
     for path in args.images:
         try:
-            digits.append(digits.load_digit(path))
+            images.append(digits.load_digit(path))
             names.append(str(path))
         except digits.ImageError as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             failures += 1
-    if digits:
-        probabilities = serving.load_classifier(args.model)(np.stack(digits))
+    if images:
+        probabilities = serving.load_classifier(args.model)(np.stack(images))
         for name, row in zip(names, probabilities, strict=True):
             print(describe(name, row), flush=True)
     if failures:
