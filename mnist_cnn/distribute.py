@@ -71,11 +71,12 @@ def fit_custom(
     `steps_per_execution` batches per call into TensorFlow. tests/test_distribute.py trains
     both on the same data and checks they end with the same weights.
 
-    Each replica averages its loss over the global batch (tf.nn.compute_average_loss), so the
-    summed gradients match one device's. As in fit's step, the optimizer scales the loss
-    (`optimizer.scale_loss`: under mixed precision, Keras's LossScaleOptimizer multiplies it by
-    the loss scale and divides the gradients by it again). Losses and accuracies are reduced
-    across workers before callbacks see them, so every worker takes the same decisions.
+    Each replica divides its summed loss by the number of images in the global batch, so the
+    summed gradients match one device's, even when the last batch splits unevenly. As in fit's
+    step, the optimizer scales the loss (`optimizer.scale_loss`: under mixed precision, Keras's
+    LossScaleOptimizer multiplies it by the loss scale and divides the gradients by it again).
+    Losses and accuracies are reduced across workers before callbacks see them, so every
+    worker takes the same decisions.
     """
     loss_object = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     optimizer = model.optimizer
@@ -92,7 +93,11 @@ def fit_custom(
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example, correct, count = sums(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example)
+            # The mean over the global batch, however unevenly it was split between replicas:
+            # tf.nn.compute_average_loss would divide by this replica's share times the number
+            # of replicas, which weighs the images of a short share more.
+            global_count = tf.distribute.get_replica_context().all_reduce(sum_, count)
+            loss = tf.reduce_sum(per_example) / global_count
             scaled_loss = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))

@@ -160,13 +160,17 @@ def validate(params: Any, *, source: str = "params.yaml") -> dict[str, dict[str,
             if key not in values:
                 raise ParamsError(f"{source} is missing the key '{section}.{key}'.")
             check(f"{section}.{key}", values[key])
-    train = params["train"]
+    _check_train_rules(params["train"])
+    return params
+
+
+def _check_train_rules(train: dict[str, Any]) -> None:
+    """The rules between `train` keys, once each key is valid on its own."""
     if train["jit_compile"] is True and train["deterministic"]:
         raise ParamsError(
             "The 'train.jit_compile' parameter must be auto or false while 'train.deterministic' "
             "is true (Keras turns XLA off under op determinism); got True."
         )
-    return params
 
 
 def load(path: str | Path = "params.yaml") -> dict[str, dict[str, Any]]:
@@ -220,4 +224,6 @@ class TrainConfig:
             if key not in SCHEMA["train"]:
                 raise ParamsError(f"TrainConfig has no key 'train.{key}'.")
             SCHEMA["train"][key](f"train.{key}", value)
-        return dataclasses.replace(self, **changes)
+        changed = dataclasses.replace(self, **changes)
+        _check_train_rules(dataclasses.asdict(changed))
+        return changed

@@ -11,9 +11,9 @@ import matplotlib
 matplotlib.use("Agg")  # No display: draw to files only.
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from mnist_cnn import io  # noqa: E402

@@ -90,6 +90,10 @@ def split(
     official: t10k, in file order, is the test set; the training file's images are permuted
     with `seed`, the first `validation_size` are the validation set.
     """
+    if protocol not in ("article", "official"):
+        raise params.ParamsError(
+            f"The 'split.protocol' parameter must be one of article, official; got {protocol!r}."
+        )
     if protocol == "official":
         if test_size != len(mnist["t10k"][0]):
             raise params.ParamsError(
