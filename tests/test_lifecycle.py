@@ -44,7 +44,7 @@ CURVES = {
 
 
 def confusion_title(model: str) -> str:
-    return f"Test set, {model} (share of each true class)"
+    return f"Test set, {model} (errors coloured)"
 
 
 @pytest.fixture(scope="module")
@@ -154,13 +154,13 @@ def test_plots_page_draws_each_chart_once_with_both_models(reproduced):
         drawn = Counter((row["actual"], row["predicted"]) for row in content["data"]["values"])
         written = read_table(reproduced / f"metrics/plots/{model}_predictions.csv", ",")
         assert drawn == Counter((row["actual"], row["predicted"]) for row in written)
-        # confusion_normalized colours each cell by its share of the true class.
+        # The project's confusion_errors template colours the off-diagonal cells by count.
         colours = {
             layer["encoding"]["color"].get("field")
             for layer in content["spec"]["layer"]
             if "color" in layer.get("encoding", {})
         }
-        assert "percent_of_y" in colours, f"{model}: not the confusion_normalized template"
+        assert "errors" in colours, f"{model}: not the confusion_errors template"
 
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
