@@ -16,6 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
+# mnist_cnn sets TensorFlow's process-wide environment, which TensorFlow reads once when it
+# loads: importing it here puts it before every test module's TensorFlow or Keras import.
+import mnist_cnn  # noqa: F401
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
@@ -118,6 +122,8 @@ def make_project(destination: Path, params: dict) -> Path:
     git(destination, "config", "user.name", "test")
     git(destination, "config", "user.email", "test@example.com")
     dvc(destination, "init", "-q")
+    # The project's own plot templates live in .dvc/plots.
+    shutil.copytree(ROOT / ".dvc" / "plots", destination / ".dvc" / "plots")
     dvc(destination, "config", "core.autostage", "true")
     git(destination, "add", "-A")
     git(destination, "commit", "-q", "-m", "project under test")
@@ -144,3 +150,21 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def update_params(project: Path, **sections: dict) -> dict:
+    """Update sections of `project`'s params.yaml and commit it; return the new params."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    git(project, "add", "params.yaml")
+    git(project, "commit", "-q", "-m", f"params: {sorted(sections)}")
+    return params
+
+
+def commit_all(project: Path, message: str) -> None:
+    """Commit everything in `project`'s work tree (the pipeline's git-tracked results)."""
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", message)
