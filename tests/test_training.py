@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -220,12 +221,15 @@ def without_op_determinism():
 
 def test_compile_model_never_turns_xla_on_under_determinism(without_op_determinism):
     def jit(**changes) -> bool:
-        model = compile_model(
-            SHIPPED.replace(**changes), regularized=True, total_steps=10, steps_per_execution=32
-        )
+        # dataclasses.replace skips validation, to reach compile_model's own guard.
+        config = dataclasses.replace(SHIPPED, **changes)
+        model = compile_model(config, regularized=True, total_steps=10, steps_per_execution=32)
         return model.jit_compile
 
     assert jit(jit_compile=True, deterministic=True) is False
+    # The validated way to change a config refuses the combination outright.
+    with pytest.raises(ParamsError, match="'train.jit_compile' parameter must be auto or false"):
+        SHIPPED.replace(jit_compile=True)
     assert jit(jit_compile=True, deterministic=False) is True
     # auto: XLA on a GPU only.
     assert jit() is bool(tf.config.list_physical_devices("GPU")) is False
