@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,6 +52,17 @@ def served(http_server, tiny_files):
     body = gzip.compress(content)
     base = f"http://127.0.0.1:{http_server.server_port}"
     return base, body, hashlib.sha256(content).hexdigest()
+
+
+def run_fetch(params: Path, out: Path, *, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The fetch stage as a command, with only `env` (and an empty PATH) in its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "stages.fetch", "--params", str(params), "--out-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**env, "PATH": ""},
+    )
 
 
 def test_falls_through_broken_mirrors_to_the_good_one(http_server, served, tiny_files):
@@ -176,13 +188,7 @@ def test_stage_exits_non_zero_with_one_clear_error(tmp_path, tiny_mirror):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(sha256=sha256)))
     out = tmp_path / "raw"
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.fetch", "--params", str(params), "--out-dir", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"MNIST_MIRROR": str(mirror), "PATH": ""},
-    )
+    result = run_fetch(params, out, env={"MNIST_MIRROR": str(mirror)})
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: could not fetch {NAME}.gz from any mirror")
     assert "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
@@ -199,13 +205,7 @@ def test_stage_offline_tells_what_to_do(tmp_path, refusing_url):
         yaml.safe_dump(tiny_params(sha256=DEFAULT_SHA256, fetch={"mirrors": mirrors}))
     )
     out = tmp_path / "raw"
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.fetch", "--params", str(params), "--out-dir", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"PATH": ""},
-    )
+    result = run_fetch(params, out, env={})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     # The stage fetches the files in the order params.yaml lists them and stops at the first.
     first = next(iter(yaml.safe_load(params.read_text())["fetch"]["sha256"]))
