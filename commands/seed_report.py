@@ -31,8 +31,24 @@ def _order(group: seed_groups.Group, config: str) -> tuple:
     return group.model, str(group.protocol), config != "default", config, group.id
 
 
-def summarize(runs: list[dict[str, Any]], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Groups, comparisons and the best configuration on validation, from the runs alone."""
+def code_at_head(group: seed_groups.Group, head_code: dict[str, dict[str, str]] | None) -> Any:
+    """Whether the group's train-stage code hashes are those of HEAD's dvc.lock (None: unknown)."""
+    if head_code is None or group.model not in head_code:
+        return None
+    code = {path: digest for path, digest in group.deps.items() if path.endswith(".py")}
+    return code == head_code[group.model]
+
+
+def summarize(
+    runs: list[dict[str, Any]],
+    defaults: dict[str, Any],
+    head_code: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Groups, comparisons and the best configuration on validation, from the runs alone.
+
+    `head_code` holds, per model, the `.py` dependency hashes of its train stage in HEAD's
+    dvc.lock: each group then says whether it measured the code at HEAD.
+    """
     groups = seed_groups.group_runs(runs)
     names, common = seed_groups.variations(groups, defaults)
     described = {group.id: seed_groups.describe(names[group.id]) for group in groups}
@@ -45,6 +61,7 @@ def summarize(runs: list[dict[str, Any]], defaults: dict[str, Any]) -> dict[str,
             "test_accuracy": _interval(t_interval(group.values("test", "test_accuracy"))),
             "val_accuracy": _interval(t_interval(group.values("train", "val_accuracy"))),
             "test_set_margin": seed_groups.test_set_margin(group),
+            "code_at_head": code_at_head(group, head_code),
             "seeds": [run["seed"] for run in group.runs],
             "experiments": [run["experiment"] for run in group.runs],
             "repeats": group.repeats,
@@ -73,13 +90,32 @@ def summarize(runs: list[dict[str, Any]], defaults: dict[str, Any]) -> dict[str,
     best = {
         protocol: group.id for protocol, group in seed_groups.best_on_validation(groups).items()
     }
+    # The best config's groups under every protocol: a choice made on one protocol's
+    # validation set is then read on each protocol's test set.
+    by_id = {group.id: group for group in groups}
+    same_config = {
+        chosen: {
+            str(other.protocol): other.id
+            for other in groups
+            if (other.model, described[other.id], other.trained_on)
+            == (by_id[chosen].model, described[chosen], by_id[chosen].trained_on)
+            and _same_code(other, by_id[chosen])
+        }
+        for chosen in best.values()
+    }
     return {
         "confidence": CONFIDENCE,
         "common_params": common,
         "groups": group_rows,
         "comparisons": comparisons,
         "best_on_validation": best,
+        "same_config": same_config,
     }
+
+
+def _same_code(first: seed_groups.Group, second: seed_groups.Group) -> bool:
+    code = [path for path in first.deps if path.endswith(".py")]
+    return all(first.deps[path] == second.deps.get(path) for path in code)
 
 
 def _percent(value: float | None, digits: int = 3) -> str:
@@ -129,7 +165,8 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
         "",
         "## Groups",
         "",
-        "Accuracies in %; 95 % interval from Student's t with n−1 degrees of freedom.",
+        "Accuracies in %; 95 % interval from Student's t with n−1 degrees of freedom. "
+        '"code = HEAD": the hashes of the train stage\'s code equal those in dvc.lock at HEAD.',
         "",
     ]
     rows = []
@@ -148,11 +185,12 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
                 if group["test_set_margin"] is None
                 else f"±{_percent(group['test_set_margin'], 2)}",
                 _percent(validation["mean"]),
+                {None: "—", True: "yes", False: "**no**"}[group.get("code_at_head")],
                 f"`{group['id']}`",
             ]
         )
     header = ["model", "protocol", "config", "n", "test mean ± sd", "95 % CI", "test-set ±"]
-    lines += _table(header + ["best-validation mean", "group"], rows)
+    lines += _table(header + ["best-validation mean", "code = HEAD", "group"], rows)
     lines += ["", "Per group: what trained it, and its runs.", ""]
     lines += [_group_line(group) for group in groups.values()]
     lines += [
@@ -188,11 +226,26 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
         "part in the choice.",
         "",
     ]
-    for protocol, group_id in sorted(summary["best_on_validation"].items()):
-        group = groups[group_id]
-        lines.append(
-            f"- {protocol}: {group['model']}, {group['config']} (`{group_id}`): validation "
-            f"{_percent(group['val_accuracy']['mean'])} % over {group['val_accuracy']['n']} "
-            f"run(s); its test accuracy {_percent(group['test_accuracy']['mean'])} %."
-        )
+    lines += [
+        f"- {best_sentence(summary, protocol)}"
+        for protocol in sorted(summary["best_on_validation"])
+    ]
     return "\n".join(lines) + "\n"
+
+
+def best_sentence(summary: dict[str, Any], protocol: str) -> str:
+    """The best config on `protocol`'s validation set, with its test accuracy on every protocol."""
+    groups = {group["id"]: group for group in summary["groups"]}
+    chosen = groups[summary["best_on_validation"][protocol]]
+    validation = chosen["val_accuracy"]
+    tests = []
+    for other_protocol, group_id in sorted(summary["same_config"][chosen["id"]].items()):
+        test = groups[group_id]["test_accuracy"]
+        spread = "" if test["sd"] is None else f" ± {_percent(test['sd'])}"
+        tests.append(f"{other_protocol} {_percent(test['mean'])}{spread} % (n={test['n']})")
+    return (
+        f"{protocol}: {chosen['model']}, {chosen['config']} (`{chosen['id']}`): validation "
+        f"{_percent(validation['mean'])} % over {validation['n']} run(s); its test accuracy: "
+        + "; ".join(tests)
+        + "."
+    )

@@ -78,10 +78,24 @@ def model_entries(lock: dict[str, Any], metrics: dict[str, Any]) -> dict[str, di
     return entries
 
 
+def code_hashes(lock: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per model, the hashes of the `.py` files its train stage depends on in `lock`."""
+    return {
+        name.removeprefix(TRAIN_STAGE_PREFIX): {
+            dep["path"]: dep.get(dep.get("hash", "md5"))
+            for dep in stage.get("deps", [])
+            if dep["path"].endswith(".py")
+        }
+        for name, stage in lock.get("stages", {}).items()
+        if name.startswith(TRAIN_STAGE_PREFIX)
+    }
+
+
 def collect_runs(
     root: Path, *, revs: list[str] | None = None, names: list[str] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
-    """Finished experiments of `root` as run records, the params.yaml at HEAD, and warnings."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, dict[str, str]], list[str]]:
+    """Finished experiments of `root` as run records, params.yaml at HEAD, the train stages'
+    code hashes in dvc.lock at HEAD, and warnings."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
     from dvc.repo.experiments.utils import exp_refs
@@ -91,6 +105,9 @@ def collect_runs(
         with Repo(str(root)) as repo:
             head = repo.scm.get_fs("HEAD")
             defaults = yaml.safe_load(head.open("params.yaml").read()) or {}
+            head_code = {}
+            if head.exists("dvc.lock"):
+                head_code = code_hashes(yaml.safe_load(head.open("dvc.lock").read()) or {})
             # experiments.show() covers only the baselines it is given: find every commit that
             # has finished experiments from the refs, read-only (experiments.ls() takes the
             # repository's lock, which running experiments may need).
@@ -123,7 +140,7 @@ def collect_runs(
                         warnings.append(f"skipped experiment {name} ({tip.rev[:7]}): {error}")
     except (DvcException, SCMError) as error:
         raise SummaryError(f"{root}: {error}") from error
-    return runs, defaults, warnings
+    return runs, defaults, head_code, warnings
 
 
 def run_record(repo, baseline_rev: str, name: str, state) -> dict[str, Any]:
@@ -183,13 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     existing = load_runs(args.json)
-    new, defaults, warnings = collect_runs(args.repo, revs=args.rev, names=args.name)
+    new, defaults, head_code, warnings = collect_runs(args.repo, revs=args.rev, names=args.name)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     runs = merge_runs(existing, new)
     if not runs:
         raise SummaryError(f"no finished experiments in {args.repo} and none in {args.json}")
-    summary = seed_report.summarize(runs, defaults)
+    summary = seed_report.summarize(runs, defaults, head_code)
     io.write_text(args.json, json.dumps({**summary, "runs": runs}, indent=1) + "\n")
     io.write_text(args.markdown, seed_report.markdown(summary, source=args.json))
     if args.readme is not None:
