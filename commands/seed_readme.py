@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from commands import seed_groups
-from commands.seed_report import _ci, _percent, _table, best_sentence
+from commands.seed_markdown import _ci, _percent, _table, best_sentence
 
 # The article's figures: 99.07 % for its plain CNN, 99.5 % with augmentation, batch norm, dropout.
 ARTICLE = {"baseline": "99.07", "regularized": "99.5"}
@@ -27,7 +27,7 @@ def _ablation_sentence(comparison: dict[str, Any], part: str) -> str:
 
 def readme_block(summary: dict[str, Any], *, details: str) -> str:
     """The README's results table and the ablation's answer, between the README's markers."""
-    # Groups of older code stay in the details page; the README speaks of the code it ships.
+    # Groups of other code stay in the details page; the README speaks of the code it ships.
     current = [group for group in summary["groups"] if group.get("code_at_head") is not False]
     rows = []
     for group in current:
@@ -64,7 +64,8 @@ def readme_block(summary: dict[str, Any], *, details: str) -> str:
             sentences.append("- " + _ablation_sentence(comparison, part))
     lines += [
         "",
-        "Test accuracy in %, over training seeds, at params.yaml's defaults but the config named"
+        "Test accuracy in %, over training seeds, with the params of params.yaml at HEAD except "
+        "each row's config"
         + ("" if not common else f" (every row: {common})")
         + "; the interval covers seed-to-seed "
         "spread only (one 10,000-image test set adds about ±0.15 points). "
@@ -81,7 +82,11 @@ def readme_block(summary: dict[str, Any], *, details: str) -> str:
         ]
     stale = len(summary["groups"]) - len(current)
     if stale:
-        lines += ["", f"{stale} group(s) measured older code: only in the details page."]
+        lines += [
+            "",
+            f"Not shown: {stale} group(s) that measured code other than dvc.lock's at HEAD "
+            f"(see {details}).",
+        ]
     return "\n".join([*lines, "", README_END])
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from commands import seed_groups, seed_readme, seed_report
+from commands import seed_groups, seed_markdown, seed_readme, seed_report
 from mnist_cnn import io
 
 TEST_METRICS = "metrics/test.json"
@@ -69,7 +69,8 @@ def model_entries(lock: dict[str, Any], metrics: dict[str, Any]) -> dict[str, di
             "stage": name,
             "params": stage_params(stage),
             "upstream_params": upstream,
-            "deps": {dep["path"]: dep.get(dep.get("hash", "md5")) for dep in stage.get("deps", [])},
+            # The train stage's data and code, and the code of every stage that shapes its numbers.
+            "deps": {**_hashes(stage.get("deps", [])), **stage_code(stages, name)},
             "test": test[model],
             "train": train,
         }
@@ -78,24 +79,42 @@ def model_entries(lock: dict[str, Any], metrics: dict[str, Any]) -> dict[str, di
     return entries
 
 
-def code_hashes(lock: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Per model, the hashes of the `.py` files its train stage depends on in `lock`."""
+def _hashes(deps: list[dict[str, Any]]) -> dict[str, str]:
+    return {dep["path"]: dep.get(dep.get("hash", "md5")) for dep in deps}
+
+
+def stage_code(stages: dict[str, dict[str, Any]], name: str) -> dict[str, str]:
+    """Hashes of the `.py` files of the stages that make a model's numbers: its train stage,
+    every stage feeding it, and the stage writing the test metrics."""
+    measuring = {name, *upstream_stages(stages, name)}
+    measuring |= {
+        stage
+        for stage, lock in stages.items()
+        if any(out["path"] == TEST_METRICS for out in lock.get("outs", []))
+    }
     return {
-        name.removeprefix(TRAIN_STAGE_PREFIX): {
-            dep["path"]: dep.get(dep.get("hash", "md5"))
-            for dep in stage.get("deps", [])
-            if dep["path"].endswith(".py")
-        }
-        for name, stage in lock.get("stages", {}).items()
+        path: digest
+        for stage in sorted(measuring)
+        for path, digest in _hashes(stages[stage].get("deps", [])).items()
+        if path.endswith(".py")
+    }
+
+
+def code_hashes(lock: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per model in `lock`, the code hashes that `stage_code` gives for its train stage."""
+    stages = lock.get("stages", {})
+    return {
+        name.removeprefix(TRAIN_STAGE_PREFIX): stage_code(stages, name)
+        for name in stages
         if name.startswith(TRAIN_STAGE_PREFIX)
     }
 
 
 def collect_runs(
     root: Path, *, revs: list[str] | None = None, names: list[str] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, dict[str, str]], list[str]]:
-    """Finished experiments of `root` as run records, params.yaml at HEAD, the train stages'
-    code hashes in dvc.lock at HEAD, and warnings."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, dict[str, str]] | None, list[str]]:
+    """Finished experiments of `root` as run records, params.yaml at HEAD, each model's code
+    hashes in dvc.lock at HEAD (None without one), and warnings."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
     from dvc.repo.experiments.utils import exp_refs
@@ -105,7 +124,7 @@ def collect_runs(
         with Repo(str(root)) as repo:
             head = repo.scm.get_fs("HEAD")
             defaults = yaml.safe_load(head.open("params.yaml").read()) or {}
-            head_code = {}
+            head_code = None
             if head.exists("dvc.lock"):
                 head_code = code_hashes(yaml.safe_load(head.open("dvc.lock").read()) or {})
             # experiments.show() covers only the baselines it is given: find every commit that
@@ -208,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SummaryError(f"no finished experiments in {args.repo} and none in {args.json}")
     summary = seed_report.summarize(runs, defaults, head_code)
     io.write_text(args.json, json.dumps({**summary, "runs": runs}, indent=1) + "\n")
-    io.write_text(args.markdown, seed_report.markdown(summary, source=args.json))
+    io.write_text(args.markdown, seed_markdown.markdown(summary, source=args.json))
     if args.readme is not None:
         try:
             readme = args.readme.read_text()

@@ -21,7 +21,9 @@ def digest(*parts) -> str:
     return hashlib.md5(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def lock_for(params: dict, code: str) -> dict:
+def lock_for(
+    params: dict, code: str, *, augment_code: str = "a1", evaluate_code: str = "e1"
+) -> dict:
     """A dvc.lock shaped like the project's, its data hashes following the params they use."""
 
     def section(name: str, keys: list[str]) -> dict:
@@ -47,7 +49,10 @@ def lock_for(params: dict, code: str) -> dict:
                 ],
             },
             "augment": {
-                "deps": [{"path": "data/split/train_images.npy", "md5": digest(split_hash, "t")}],
+                "deps": [
+                    {"path": "stages/augment.py", "md5": digest(augment_code)},
+                    {"path": "data/split/train_images.npy", "md5": digest(split_hash, "t")},
+                ],
                 "params": {"params.yaml": section("augment", ["shifts", "flip_horizontal"])},
                 "outs": [{"path": "data/augment/train_images.npy", "md5": augment_hash}],
             },
@@ -62,12 +67,22 @@ def lock_for(params: dict, code: str) -> dict:
                 + [{"path": "data/augment/train_images.npy", "md5": augment_hash}]
                 + validation,
                 "params": {"params.yaml": section("train", [*train_keys, "dropout_rate"])},
+                "outs": [{"path": "models/regularized.keras", "md5": digest(code, "r")}],
+            },
+            "evaluate": {
+                "deps": [
+                    {"path": "stages/evaluate.py", "md5": digest(evaluate_code)},
+                    {"path": "models/regularized.keras", "md5": digest(code, "r")},
+                ],
+                "outs": [{"path": "metrics/test.json", "md5": "m"}],
             },
         }
     }
 
 
-def make_run(name, seed, accuracy, validation, *, code="v1", trained_on=CPU, **changes) -> dict:
+def make_run(
+    name, seed, accuracy, validation, *, code="v1", trained_on=CPU, evaluate_code="e1", **changes
+) -> dict:
     """One experiment's record built by the command's own parser from a lock and metrics."""
     params = json.loads(json.dumps(DEFAULTS))
     params["train"].update(seed=seed, threads=1)
@@ -87,10 +102,12 @@ def make_run(name, seed, accuracy, validation, *, code="v1", trained_on=CPU, **c
         }
     return {
         "experiment": name,
-        "experiment_rev": digest(name, code, trained_on, seed) + "00000000",
+        "experiment_rev": digest(name, code, trained_on, seed, evaluate_code) + "00000000",
         "baseline_rev": "b" * 40,
         "seed": seed,
-        "models": summarize.model_entries(lock_for(params, code), metrics),
+        "models": summarize.model_entries(
+            lock_for(params, code, evaluate_code=evaluate_code), metrics
+        ),
     }
 
 

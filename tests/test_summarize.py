@@ -11,7 +11,7 @@ import time
 import pytest
 from scipy import stats
 
-from commands import seed_groups, seed_report, summarize
+from commands import seed_groups, seed_markdown, seed_report, summarize
 from commands.seed_statistics import Interval, t_interval, welch_interval
 from tests.conftest import ROOT, dvc
 from tests.seed_runs import (
@@ -177,7 +177,7 @@ def test_best_configuration_is_chosen_on_validation_not_test():
     assert best_test["config"] == "augment.flip_horizontal=false"
     official = groups[summary["best_on_validation"]["official"]]
     assert (official["model"], official["config"]) == ("regularized", "default")
-    text = seed_report.markdown(summary, source="results/seeds.json")
+    text = seed_markdown.markdown(summary, source="results/seeds.json")
     assert f"- article: regularized, {noaug}" in text
 
 
@@ -185,7 +185,7 @@ def test_markdown_states_scope_and_a_single_run_has_no_interval():
     runs = sweep()[:1]
     summary = seed_report.summarize(runs, DEFAULTS)
     assert all(group["test_accuracy"]["ci_low"] is None for group in summary["groups"])
-    text = seed_report.markdown(summary, source="results/seeds.json")
+    text = seed_markdown.markdown(summary, source="results/seeds.json")
     assert "training seeds only" in text and "±0.15 points" in text
     assert text.count("none: one run") == 2
     assert "| baseline | article | default | 1 | 99.110 | none: one run |" in text
