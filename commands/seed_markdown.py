@@ -54,7 +54,8 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
         "",
         f"Written by `python -m commands.summarize` from `{source}` ({runs} model runs). A group "
         "holds one model's runs whose inputs are identical but for `train.seed`: the params its "
-        "train stage and the stages before it read, the hashes of that stage's code and data, "
+        "train stage and the stages before it read, the hashes of that stage's data and of the "
+        "code of every stage that made its numbers (train, the stages before it, evaluate), "
         "and the device and library versions that trained it. A config is named by its params "
         "that differ from params.yaml at HEAD"
         + ("." if common == "default" else f"; every group has {common}, not repeated below."),

@@ -7,6 +7,7 @@ from scipy import stats
 
 from commands import seed_markdown, seed_readme, seed_report, summarize
 from tests.seed_runs import (
+    BASELINE,
     CPU,
     DEFAULTS,
     GPU,
@@ -18,15 +19,17 @@ from tests.seed_runs import (
 )
 
 
-def expected_sentence(part: str, first: list[float], second: list[float]) -> str:
-    """The ablation sentence for `first` minus `second`, computed by scipy alone."""
+def expected_sentence(
+    part: str, first: list[float], second: list[float], words=("helps", "hurts")
+) -> str:
+    """The verdict sentence for `first` minus `second`, computed by scipy alone."""
     result = stats.ttest_ind(first, second, equal_var=False)
     interval = result.confidence_interval(0.95)
     difference = 100 * (sum(first) / len(first) - sum(second) / len(second))
     if interval.low < 0 < interval.high:
         verdict = "no effect this sweep can tell from seed noise"
     else:
-        verdict = "helps" if difference > 0 else "hurts"
+        verdict = words[0] if difference > 0 else words[1]
     numbers = f"{difference:+.3f} points, 95 % CI [{100 * interval.low:+.3f}, "
     return f"- {part}: {verdict} ({numbers}{100 * interval.high:+.3f}])."
 
@@ -46,7 +49,7 @@ def test_readme_block_answers_the_ablation_from_welch_intervals():
     assert "1-pixel shifts (article protocol): helps" in shifts
     assert "Horizontal flips (article protocol): helps" not in block
     # No official noflip group: the official protocol gets no ablation sentence.
-    assert "(official protocol)" not in block
+    assert "shifts (official protocol)" not in block and "flips (official protocol)" not in block
     mean, sd = sum(default) / 3, stats.tstd(default)
     low, high = stats.t.interval(0.95, 2, loc=mean, scale=stats.sem(default))
     row = (
@@ -55,6 +58,13 @@ def test_readme_block_answers_the_ablation_from_welch_intervals():
     )
     assert row in block
     assert "every row: train.threads=1" in block
+    # Regularized minus baseline, per protocol, read from the baseline-first comparison.
+    for protocol, baseline in BASELINE.items():
+        regularized = REGULARIZED[protocol, True, True]
+        part = f"Regularized against baseline ({protocol} protocol)"
+        sentence = expected_sentence(part, regularized, baseline, ("better", "worse"))
+        assert sentence in block
+        assert f"{part}: better (+" in sentence
     assert block.startswith(seed_readme.README_START) and block.endswith(seed_readme.README_END)
 
 
