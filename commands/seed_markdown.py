@@ -16,17 +16,20 @@ SCOPE = (
 )
 
 
-def _percent(value: float | None, digits: int = 3) -> str:
+def percent(value: float | None, digits: int = 3) -> str:
+    """A fraction as a percentage with `digits` decimals, or a dash for none."""
     return "—" if value is None else f"{100 * value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _ci(low: float | None, high: float | None, reason: str) -> str:
-    return reason if low is None else f"[{_percent(low)}, {_percent(high)}]"
+def ci_text(low: float | None, high: float | None, reason: str) -> str:
+    """An interval in percent, or the reason there is none."""
+    return reason if low is None else f"[{percent(low)}, {percent(high)}]"
 
 
 def _group_line(group: dict[str, Any]) -> str:
@@ -72,25 +75,25 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
     rows = []
     for group in groups.values():
         test, validation = group["test_accuracy"], group["val_accuracy"]
-        spread = "" if test["sd"] is None else f" ± {_percent(test['sd'])}"
+        spread = "" if test["sd"] is None else f" ± {percent(test['sd'])}"
         rows.append(
             [
                 group["model"],
                 str(group["protocol"]),
                 group["config"],
                 str(test["n"]),
-                _percent(test["mean"]) + spread,
-                _ci(test["ci_low"], test["ci_high"], "none: one run"),
+                percent(test["mean"]) + spread,
+                ci_text(test["ci_low"], test["ci_high"], "none: one run"),
                 "—"
                 if group["test_set_margin"] is None
-                else f"±{_percent(group['test_set_margin'], 2)}",
-                _percent(validation["mean"]),
+                else f"±{percent(group['test_set_margin'], 2)}",
+                percent(validation["mean"]),
                 {None: "—", True: "yes", False: "**no**"}[group.get("code_at_head")],
                 f"`{group['id']}`",
             ]
         )
     header = ["model", "protocol", "config", "n", "test mean ± sd", "95 % CI", "test-set ±"]
-    lines += _table(header + ["best-validation mean", "code = HEAD", "group"], rows)
+    lines += table(header + ["best-validation mean", "code = HEAD", "group"], rows)
     lines += ["", "Per group: what trained it, and its runs.", ""]
     lines += [_group_line(group) for group in groups.values()]
     lines += [
@@ -110,14 +113,14 @@ def markdown(summary: dict[str, Any], *, source: Path | str) -> str:
                 f"{row['first_name']} (`{row['first']}`)",
                 f"{row['second_name']} (`{row['second']}`)",
                 f"{100 * row['difference']:+.3f}",
-                _ci(row["ci_low"], row["ci_high"], "none: a group has one run or no spread"),
+                ci_text(row["ci_low"], row["ci_high"], "none: a group has one run or no spread"),
                 "—" if row["dof"] is None else f"{row['dof']:.1f}",
                 excludes,
                 "; ".join(row["notes"]) or "same code and environment",
             ]
         )
     header = ["protocol", "first", "second", "difference", "95 % CI", "dof", "excludes 0"]
-    lines += _table(header + ["note"], rows) if rows else ["No configured pair has runs yet."]
+    lines += table(header + ["note"], rows) if rows else ["No configured pair has runs yet."]
     lines += [
         "",
         "## Best configuration on validation accuracy",
@@ -142,13 +145,13 @@ def best_sentence(summary: dict[str, Any], protocol: str) -> str:
     for other_protocol, group_ids in sorted(summary["same_config"][chosen["id"]].items()):
         for group_id in group_ids:
             test = groups[group_id]["test_accuracy"]
-            spread = "" if test["sd"] is None else f" ± {_percent(test['sd'])}"
+            spread = "" if test["sd"] is None else f" ± {percent(test['sd'])}"
             tests.append(
-                f"{other_protocol} {_percent(test['mean'])}{spread} % (mean ± sd, n={test['n']})"
+                f"{other_protocol} {percent(test['mean'])}{spread} % (mean ± sd, n={test['n']})"
             )
     return (
         f"{protocol}: {chosen['model']}, {chosen['config']} (`{chosen['id']}`): validation "
-        f"{_percent(validation['mean'])} % over {validation['n']} run(s); its test accuracy: "
+        f"{percent(validation['mean'])} % over {validation['n']} run(s); its test accuracy: "
         + "; ".join(tests)
         + "."
     )

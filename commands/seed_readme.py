@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from commands import seed_groups
-from commands.seed_markdown import _ci, _percent, _table, best_sentence
+from commands.seed_markdown import best_sentence, ci_text, percent, table
 
 # The article's figures: 99.07 % for its plain CNN, 99.5 % with augmentation, batch norm, dropout.
 ARTICLE = {"baseline": "99.07", "regularized": "99.5"}
@@ -48,21 +48,21 @@ def readme_block(summary: dict[str, Any], *, details: str) -> str:
     rows = []
     for group in current:
         test = group["test_accuracy"]
-        spread = "" if test["sd"] is None else f" ± {_percent(test['sd'], 2)}"
+        spread = "" if test["sd"] is None else f" ± {percent(test['sd'], 2)}"
         rows.append(
             [
                 group["model"],
                 str(group["protocol"]),
                 group["config"],
-                f"{_percent(test['mean'], 2)}{spread} ({test['n']})",
-                _ci(test["ci_low"], test["ci_high"], "none: one run"),
+                f"{percent(test['mean'], 2)}{spread} ({test['n']})",
+                ci_text(test["ci_low"], test["ci_high"], "none: one run"),
                 ARTICLE[group["model"]] if group["config"] == "default" else "",
             ]
         )
     header = ["model", "protocol", "config", "test accuracy, mean ± sd (n)", "95 % CI", "article"]
     common = seed_groups.describe(summary["common_params"]) if summary["common_params"] else ""
     lines = [README_START, ""]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     parts = {
         ("default", "augment.flip_horizontal=false"): "Horizontal flips",
         ("augment.flip_horizontal=false", "augment.flip_horizontal=false, augment.shifts=false"): (

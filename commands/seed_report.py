@@ -22,8 +22,10 @@ def _order(group: seed_groups.Group, config: str) -> tuple:
     return group.model, str(group.protocol), config != "default", config, group.id
 
 
-def code_at_head(group: seed_groups.Group, head_code: dict[str, dict[str, str]] | None) -> Any:
-    """Whether the group's train-stage code hashes are those of HEAD's dvc.lock (None: unknown)."""
+def code_at_head(
+    group: seed_groups.Group, head_code: dict[str, dict[str, str]] | None
+) -> bool | None:
+    """Whether the group's code hashes are those of HEAD's dvc.lock (None: unknown)."""
     if head_code is None:
         return None
     code = {path: digest for path, digest in group.deps.items() if path.endswith(".py")}
