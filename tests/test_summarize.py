@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from commands import seed_groups, seed_markdown, seed_report, summarize
-from tests.conftest import ROOT, dvc
+from tests.conftest import ROOT, dvc, git
 from tests.seed_runs import (
     BASELINE,
     CPU,
@@ -269,3 +269,12 @@ def test_summarizes_real_queued_experiments(project, tmp_path):
     third = run_command(*args)
     assert third.returncode == 0 and "2 runs (0 new)" in third.stdout, third.stderr
     assert json.loads(output.read_text())["runs"] == summary["runs"]
+    # No dvc.lock at HEAD: whether a group measured HEAD's code is unknown.
+    assert {group["code_at_head"] for group in summary["groups"]} == {None}
+    # An experiment's dvc.lock committed at HEAD: both groups measured HEAD's code.
+    git(project, "checkout", summary["runs"][0]["experiment_rev"], "--", "dvc.lock")
+    git(project, "commit", "-q", "-m", "dvc.lock of an experiment")
+    fourth = run_command(*args)
+    assert fourth.returncode == 0 and "2 runs (0 new)" in fourth.stdout, fourth.stderr
+    groups = json.loads(output.read_text())["groups"]
+    assert [group["code_at_head"] for group in groups] == [True, True]
