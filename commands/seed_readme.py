@@ -106,6 +106,14 @@ def readme_block(summary: dict[str, Any], *, details: str) -> str:
     if sentences:
         lines += ["", "Does the article's augmentation help the regularized model?", ""]
         lines += sentences
+    if models or sentences:
+        count = len(summary["comparisons"])
+        lines += [
+            "",
+            f"Each interval is at 95 % on its own. Of the {count} comparisons in {details}, "
+            "those between configs that truly do not differ exclude 0 by chance about one time "
+            "in 20, so an interval that only just excludes 0 is weak evidence.",
+        ]
     if summary["best_on_validation"]:
         lines += ["", "Best configuration, chosen on validation accuracy alone (per protocol):", ""]
         lines += [

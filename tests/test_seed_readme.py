@@ -58,6 +58,7 @@ def test_readme_block_answers_the_ablation_from_welch_intervals():
     )
     assert row in block
     assert "every row: train.threads=1" in block
+    assert f"Of the {len(summary['comparisons'])} comparisons in docs/results.md" in block
     # Regularized minus baseline, per protocol, read from the baseline-first comparison.
     for protocol, baseline in BASELINE.items():
         regularized = REGULARIZED[protocol, True, True]
