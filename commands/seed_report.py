@@ -46,6 +46,7 @@ def summarize(
     groups = seed_groups.group_runs(runs)
     names, common = seed_groups.variations(groups, defaults)
     described = {group.id: seed_groups.describe(names[group.id]) for group in groups}
+    at_head = {group.id: code_at_head(group, head_code) for group in groups}
     group_rows = [
         {
             "id": group.id,
@@ -55,7 +56,7 @@ def summarize(
             "test_accuracy": _interval(t_interval(group.values("test", "test_accuracy"))),
             "val_accuracy": _interval(t_interval(group.values("train", "val_accuracy"))),
             "test_set_margin": seed_groups.test_set_margin(group),
-            "code_at_head": code_at_head(group, head_code),
+            "code_at_head": at_head[group.id],
             "seeds": [run["seed"] for run in group.runs],
             "experiments": [run["experiment"] for run in group.runs],
             "repeats": group.repeats,
@@ -81,7 +82,7 @@ def summarize(
         }
         for row in seed_groups.compare(groups, defaults)
     ]
-    current = [group for group in groups if code_at_head(group, head_code) is not False]
+    current = [group for group in groups if at_head[group.id] is not False]
     best = {
         protocol: group.id for protocol, group in seed_groups.best_on_validation(current).items()
     }
